@@ -1,0 +1,7 @@
+"""`python -m seqsense` runs the command line."""
+
+import sys
+
+from seqsense.cli import main
+
+sys.exit(main())

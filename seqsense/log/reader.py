@@ -1,0 +1,227 @@
+"""Lazy reader for seqsense logs: random access by index and by time, safe across process forks.
+
+Nothing is read until asked for. Each process opens its own HDF5 handle (the handle is reopened when
+the process id changes), so a `Log` can be handed to torch DataLoader worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from seqsense.errors import LogFormatError
+from seqsense.log.format import EPISODES_GROUP, FORMAT_MAJOR, FORMAT_NAME
+
+
+def _parse_json(value, default):
+    if value is None:
+        return default
+    if isinstance(value, bytes):
+        value = value.decode()
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return default
+
+
+class Log:
+    """One log file: its provenance and episodes. Open with `open_log(path)`."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._pid = None
+        self._file = None
+        f = self.file  # validates the header now, so bad files fail at open time
+        self.format_version = str(f.attrs.get("format_version"))
+        self.writer = str(f.attrs.get("writer", ""))
+        self.provenance = _parse_json(f.attrs.get("provenance"), {})
+        self.episode_names = sorted(f[EPISODES_GROUP].keys())
+
+    @property
+    def file(self) -> h5py.File:
+        """The HDF5 handle of this process (reopened after a fork)."""
+        if self._file is None or self._pid != os.getpid():
+            self._file = _open_checked(self.path)
+            self._pid = os.getpid()
+        return self._file
+
+    def episode(self, name: str) -> "Episode":
+        """The episode called `name`."""
+        if name not in self.episode_names:
+            raise LogFormatError(
+                f"Log '{self.path}': no episode {name!r}; episodes: {self.episode_names[:10]}"
+                + (" ..." if len(self.episode_names) > 10 else "")
+            )
+        return Episode(self, name)
+
+    def episodes(self) -> list["Episode"]:
+        """All episodes, sorted by name."""
+        return [Episode(self, n) for n in self.episode_names]
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+
+    def __getstate__(self):
+        # Pickled into DataLoader workers (spawn): carry the path, not the handle.
+        return {"path": self.path}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"])
+
+    def __repr__(self) -> str:
+        return f"Log('{self.path}', {len(self.episode_names)} episodes)"
+
+
+def _open_checked(path: Path) -> h5py.File:
+    if not path.exists():
+        raise LogFormatError(f"Log '{path}' does not exist.")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise LogFormatError(f"Log '{path}' is not a readable HDF5 file ({e}). Is it truncated or of another format?") from e
+    if f.attrs.get("format") != FORMAT_NAME:
+        f.close()
+        raise LogFormatError(
+            f"Log '{path}' is an HDF5 file but not a seqsense log (no format='{FORMAT_NAME}' attribute). "
+            "Convert recordings with `seqsense import`."
+        )
+    version = str(f.attrs.get("format_version", ""))
+    major = version.split(".")[0]
+    if major != str(FORMAT_MAJOR):
+        f.close()
+        raise LogFormatError(
+            f"Log '{path}' has format version {version!r}; this seqsense reads major version {FORMAT_MAJOR}. "
+            "Upgrade seqsense or re-export the log."
+        )
+    if EPISODES_GROUP not in f:
+        f.close()
+        raise LogFormatError(f"Log '{path}' has no '{EPISODES_GROUP}' group.")
+    return f
+
+
+def open_log(path: str | os.PathLike) -> Log:
+    """Open a seqsense log for reading (raises LogFormatError naming the file on bad input)."""
+    return Log(path)
+
+
+def find_stream_names(group: h5py.Group) -> list[str]:
+    """Names (relative paths such as 'truth/position') of the stream groups below `group`."""
+    names: list[str] = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Group) and "kind" in obj.attrs:
+            names.append(name)
+
+    group.visititems(visit)
+    return sorted(names)
+
+
+class Episode:
+    """One episode of a log: its named streams."""
+
+    def __init__(self, log: Log, name: str):
+        self.log = log
+        self.name = name
+
+    @property
+    def group(self) -> h5py.Group:
+        return self.log.file[EPISODES_GROUP][self.name]
+
+    @cached_property
+    def provenance(self) -> dict:
+        return _parse_json(self.group.attrs.get("provenance"), {})
+
+    @cached_property
+    def stream_names(self) -> list[str]:
+        return find_stream_names(self.group)
+
+    def has_stream(self, name: str) -> bool:
+        return name in self.stream_names
+
+    def stream(self, name: str) -> "Stream":
+        """The stream called `name`; the error lists the streams there are."""
+        if name not in self.stream_names:
+            raise LogFormatError(
+                f"Log '{self.log.path}' episode '{self.name}': no stream {name!r}; streams: {self.stream_names}"
+            )
+        return Stream(self, name)
+
+    def streams(self) -> dict[str, "Stream"]:
+        return {n: Stream(self, n) for n in self.stream_names}
+
+    def __repr__(self) -> str:
+        return f"Episode('{self.log.path.name}', '{self.name}', streams={self.stream_names})"
+
+
+class Stream:
+    """One timestamped stream: `t` (N,) int64 ns and `data` (N, ...) with its attributes."""
+
+    def __init__(self, episode: Episode, name: str):
+        self.episode = episode
+        self.name = name
+        attrs = self.group.attrs
+        self.kind = str(attrs.get("kind"))
+        self.units = str(attrs.get("units", ""))
+        self.frame_id = str(attrs.get("frame_id", ""))
+        self.source = str(attrs.get("source", ""))
+        self.rate_hz = float(attrs.get("rate_hz", float("nan")))
+        self.allow_nan = bool(attrs.get("allow_nan", False))
+        self.fields = _parse_json(attrs.get("fields"), None)
+
+    @property
+    def where(self) -> str:
+        return f"Log '{self.episode.log.path}' episode '{self.episode.name}' stream '{self.name}'"
+
+    @property
+    def group(self) -> h5py.Group:
+        return self.episode.group[self.name]
+
+    @property
+    def data(self) -> h5py.Dataset:
+        """The HDF5 dataset of samples (read slices from it; nothing is loaded here)."""
+        return self.group["data"]
+
+    @property
+    def sample_shape(self) -> tuple:
+        return tuple(self.data.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    def __len__(self) -> int:
+        return int(self.group["t"].shape[0])
+
+    @cached_property
+    def t(self) -> np.ndarray:
+        """All timestamps (N,) int64 ns; 8 bytes a sample, so even hour-long logs fit."""
+        return self.group["t"][()]
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Samples [start, stop) as a numpy array."""
+        return self.data[start:stop]
+
+    def index_at(self, t_ns: int) -> int:
+        """Index of the latest sample with t <= t_ns, or -1 if none."""
+        return int(np.searchsorted(self.t, t_ns, side="right")) - 1
+
+    def time_slice(self, t0_ns: int, t1_ns: int) -> slice:
+        """Index slice of the samples with t0_ns <= t < t1_ns."""
+        i0 = int(np.searchsorted(self.t, t0_ns, side="left"))
+        i1 = int(np.searchsorted(self.t, t1_ns, side="left"))
+        return slice(i0, i1)
+
+    def read_time(self, t0_ns: int, t1_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """(t, data) of the samples with t0_ns <= t < t1_ns."""
+        s = self.time_slice(t0_ns, t1_ns)
+        return self.t[s], self.data[s]
+
+    def __repr__(self) -> str:
+        return f"Stream('{self.name}', kind={self.kind}, n={len(self)}, shape={self.sample_shape})"
