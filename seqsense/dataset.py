@@ -188,49 +188,57 @@ class EpisodeIndex:
     def __len__(self) -> int:
         return len(self.ticks)
 
-    def read(self, start: int, length: int) -> dict[str, np.ndarray]:
-        """The window of `length` ticks starting at tick `start` (padded past the end)."""
+    def read(self, start: int, length: int, out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """The window of `length` ticks starting at tick `start` (padded past the end).
+
+        With `out` (arrays of the right shapes, e.g. one row of a batch), samples are written there
+        instead of into new arrays, so image windows are copied once from the file.
+        """
         n = len(self.ticks)
         pos = np.arange(start, start + length)
         is_pad = pos >= n
         pos = np.minimum(pos, n - 1)
         tick = self.ticks[pos]
-        out = {"t_ns": tick, "dt_s": self.dt_s[pos], "tick_is_pad": is_pad}
+        res = {"t_ns": tick, "dt_s": self.dt_s[pos], "tick_is_pad": is_pad}
         for s in self.spec.inputs:
             if s in self.spec.packed:
-                out.update(self._read_packed(s, pos, tick))
+                res.update(self._read_packed(s, pos, tick))
             else:
-                out.update(self._read_latest(s, pos, tick))
+                res.update(self._read_latest(s, pos, tick, None if out is None else out[s]))
         y, valid = self.target[pos], self.target_valid[pos] & ~is_pad
-        out["target"] = np.where(valid[:, None], y, 0.0).astype(np.float32) if y.ndim == 2 else np.where(valid, y, 0)
-        out["target_valid"] = valid
-        return out
-
-    def _rows(self, s: str, idx: np.ndarray) -> np.ndarray:
-        """Samples at indices idx (sorted, >= 0) of stream s, read as one contiguous slice."""
-        if s in self.cache:
-            return self.cache[s][idx]
-        st = self.streams[s]
-        lo, hi = int(idx[0]), int(idx[-1]) + 1
-        if hi - lo == len(idx):  # contiguous: one direct read, no gather
-            out = np.empty((len(idx),) + st.sample_shape, st.dtype)
-            st.data.read_direct(out, np.s_[lo:hi])
+        res["target"] = np.where(valid[:, None], y, 0.0).astype(np.float32) if y.ndim == 2 else np.where(valid, y, 0)
+        res["target_valid"] = valid
+        if out is not None:
+            for key, v in res.items():
+                if v is not out[key]:
+                    out[key][...] = v
             return out
-        block = st.data[lo:hi]
-        return block[idx - lo]
+        return res
 
-    def _read_latest(self, s: str, pos: np.ndarray, tick: np.ndarray) -> dict:
+    def _rows(self, s: str, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Samples at sorted indices idx (>= 0) of stream s."""
+        if s in self.cache:
+            if out is None:
+                return self.cache[s][idx]
+            np.take(self.cache[s], idx, axis=0, out=out)
+            return out
+        return self.streams[s].read_rows(idx, out)
+
+    def _read_latest(self, s: str, pos: np.ndarray, tick: np.ndarray, out: np.ndarray | None = None) -> dict:
         st = self.streams[s]
         idx = self.latest[s][pos]
         has = idx >= 0
         age = np.where(has, (tick - st.t[np.clip(idx, 0, None)]) / NS_PER_S, np.inf).astype(np.float32)
         valid = has & (age <= self.spec.max_age_s)
-        dtype = np.uint8 if st.kind == "image" else np.float32
-        x = np.zeros((len(pos),) + st.sample_shape, dtype)
-        if has.any():
-            x[has] = self._rows(s, idx[has])
-        x[~valid] = 0
-        return {s: x, f"{s}_age_s": np.where(valid, age, 0.0).astype(np.float32), f"{s}_valid": valid}
+        if out is None:
+            out = np.empty((len(pos),) + st.sample_shape, np.uint8 if st.kind == "image" else np.float32)
+        if valid.all() and st.kind == "image":
+            self._rows(s, idx, out)  # the common case: straight into the output
+        else:
+            out[...] = 0
+            if valid.any():
+                out[valid] = self._rows(s, idx[valid])
+        return {s: out, f"{s}_age_s": np.where(valid, age, 0.0).astype(np.float32), f"{s}_valid": valid}
 
     def _read_packed(self, s: str, pos: np.ndarray, tick: np.ndarray) -> dict:
         st = self.streams[s]
@@ -308,9 +316,22 @@ class WindowDataset(torch.utils.data.Dataset):
         return {key: torch.from_numpy(np.ascontiguousarray(v)) for key, v in self.index(int(k)).read(int(s), self.spec.window).items()}
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        """A whole batch at once (used by DataLoader), stacked into (B, T, ...) tensors."""
-        items = [self.index(int(self.starts[i][0])).read(int(self.starts[i][1]), self.spec.window) for i in indices]
-        return {key: torch.from_numpy(np.stack([it[key] for it in items])) for key in items[0]}
+        """A whole batch at once (used by DataLoader) as (B, T, ...) tensors, each sample copied once."""
+        k, s = self.starts[indices[0]]
+        first = self.index(int(k)).read(int(s), self.spec.window)
+        # In a worker process, allocate in shared memory so handing the batch over copies nothing.
+        shared = torch.utils.data.get_worker_info() is not None
+        tensors = {}
+        for key, v in first.items():
+            t = torch.from_numpy(np.empty((len(indices),) + v.shape, v.dtype))
+            tensors[key] = t.share_memory_() if shared else t
+        batch = {key: t.numpy() for key, t in tensors.items()}
+        for key, v in first.items():
+            batch[key][0] = v
+        for b, i in enumerate(indices[1:], start=1):
+            k, s = self.starts[i]
+            self.index(int(k)).read(int(s), self.spec.window, out={key: v[b] for key, v in batch.items()})
+        return tensors
 
     def sequence(self, k: int) -> dict[str, np.ndarray]:
         """The whole of episode k as one window (numpy, no batch axis), for offline predict."""

@@ -7,6 +7,7 @@ the process id changes), so a `Log` can be handed to torch DataLoader worker pro
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from functools import cached_property
 from pathlib import Path
@@ -166,6 +167,7 @@ class Stream:
     def __init__(self, episode: Episode, name: str):
         self.episode = episode
         self.name = name
+        self._data, self._data_pid = None, None
         attrs = self.group.attrs
         self.kind = str(attrs.get("kind"))
         self.units = str(attrs.get("units", ""))
@@ -186,13 +188,16 @@ class Stream:
     @property
     def data(self) -> h5py.Dataset:
         """The HDF5 dataset of samples (read slices from it; nothing is loaded here)."""
-        return self.group["data"]
+        # Looking a dataset up by path costs tens of microseconds; keep the handle per process.
+        if self._data is None or self._data_pid != os.getpid():
+            self._data, self._data_pid = self.group["data"], os.getpid()
+        return self._data
 
-    @property
+    @cached_property
     def sample_shape(self) -> tuple:
         return tuple(self.data.shape[1:])
 
-    @property
+    @cached_property
     def dtype(self) -> np.dtype:
         return self.data.dtype
 
@@ -207,6 +212,72 @@ class Stream:
     def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Samples [start, stop) as a numpy array."""
         return self.data[start:stop]
+
+    def read_rows(self, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Samples at sorted indices `idx` into `out` (allocated if None).
+
+        Uncompressed streams are copied straight from a memory map of the file using the byte offset
+        of each HDF5 chunk (about 10x faster than HDF5's own reads for window-sized requests);
+        compressed streams go through HDF5, reading the covering slice once.
+        """
+        idx = np.asarray(idx, np.int64)
+        if out is None:
+            out = np.empty((len(idx),) + self.sample_shape, self.dtype)
+        if len(idx) == 0:
+            return out
+        rows = self._row_offsets()
+        if rows is not None:
+            mm, offsets = rows
+            nbytes = self._sample_bytes
+            flat = out.reshape(len(idx), -1).view(np.uint8)
+            for j, i in enumerate(idx.tolist()):
+                o = offsets[i]
+                flat[j] = mm[o : o + nbytes]
+            return out
+        lo, hi = int(idx[0]), int(idx[-1]) + 1
+        if hi - lo == len(idx):
+            self.data.read_direct(out, np.s_[lo:hi])
+        else:
+            out[...] = self.data[lo:hi][idx - lo]
+        return out
+
+    @cached_property
+    def _sample_bytes(self) -> int:
+        return int(np.prod(self.sample_shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def _row_offsets(self):
+        """(memory map, byte offset of each sample) for unfiltered data in native byte order, else None."""
+        if getattr(self, "_rows_pid", None) == os.getpid():
+            return self._rows
+        self._rows_pid, self._rows = os.getpid(), None
+        ds = self.data
+        native = ds.dtype.byteorder in ("=", "|") or ds.dtype.byteorder == np.dtype(ds.dtype.type).byteorder
+        if not native or ds.id.get_create_plist().get_nfilters() or ds.shape[0] == 0:
+            return None
+        n = ds.shape[0]
+        if ds.chunks is None:
+            base = ds.id.get_offset()
+            if base is None:
+                return None
+            offsets = base + np.arange(n, dtype=np.int64) * self._sample_bytes
+        else:
+            per_chunk = ds.chunks[0]
+            if tuple(ds.chunks[1:]) != self.sample_shape:
+                return None  # a sample spans several chunks: let HDF5 assemble it
+            chunk_offsets = np.full((n + per_chunk - 1) // per_chunk, -1, np.int64)
+
+            def visit(info):
+                chunk_offsets[info.chunk_offset[0] // per_chunk] = info.byte_offset
+
+            ds.id.chunk_iter(visit)
+            if (chunk_offsets < 0).any():
+                return None
+            i = np.arange(n, dtype=np.int64)
+            offsets = chunk_offsets[i // per_chunk] + (i % per_chunk) * self._sample_bytes
+        with open(self.episode.log.path, "rb") as fh:  # the mapping outlives the descriptor
+            mm = np.frombuffer(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
+        self._rows = (mm, offsets.tolist())
+        return self._rows
 
     def index_at(self, t_ns: int) -> int:
         """Index of the latest sample with t <= t_ns, or -1 if none."""
