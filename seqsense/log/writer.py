@@ -29,7 +29,7 @@ from seqsense.log.format import (
 )
 
 DEFAULT_IMAGE_CHUNK = 4  # frames per chunk; see BENCHMARKS.md ("log chunk shape")
-VECTOR_CHUNK_BYTES = 256 * 1024
+VECTOR_CHUNK_BYTES = 64 * 1024
 BUFFER_BYTES = 4 * 1024 * 1024  # per-stream append buffer before a block is written
 
 
@@ -188,6 +188,10 @@ class EpisodeWriter:
     def write_stream(self, name: str, kind: str, t_ns, data, **attrs) -> StreamWriter:
         """Create a stream and write all its samples at once."""
         data = np.asarray(data)
+        if attrs.get("chunk_samples") is None and kind != "image" and len(data):
+            # The length is known: don't allocate chunks larger than the stream (small files).
+            sample_bytes = max(1, int(np.prod(data.shape[1:], dtype=np.int64)) * KIND_DTYPES[kind].itemsize)
+            attrs["chunk_samples"] = int(min(len(data), max(64, VECTOR_CHUNK_BYTES // sample_bytes)))
         sw = self.stream(name, kind, data.shape[1:], **attrs)
         sw.extend(t_ns, data)
         return sw

@@ -1,0 +1,99 @@
+"""Dataset recipes: the named sweeps the study runs (`datasets/recipes/<name>.json`).
+
+A recipe file is {"name", "description", "seed", "cells": [...]}; each cell is
+{name, scenario, knobs, episodes, duration_s[, target, inputs, seed]}. `load_recipe` checks every
+cell against the scenario registry (knob names, types, ranges, cross-knob rules, and that `target`
+and `inputs` are streams the scenario writes) and fills in what a cell leaves out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from seqsense.errors import ConfigError
+from seqsense.scenarios.base import episode_rng
+from seqsense.scenarios.write import file_provenance, make_scenario
+
+RECIPE_DIR = Path(__file__).resolve().parents[2] / "datasets" / "recipes"
+CELL_KEYS = {"name", "scenario", "knobs", "episodes", "duration_s", "target", "inputs", "seed"}
+REQUIRED_CELL_KEYS = ("name", "scenario", "episodes", "duration_s")
+
+
+def recipe_names() -> list[str]:
+    """Names of the recipes shipped in datasets/recipes."""
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.json"))
+
+
+def recipe_path(name_or_path: str | os.PathLike) -> Path:
+    """The file of a recipe given by name ('quick') or path (ConfigError listing the names if neither)."""
+    p = Path(name_or_path)
+    if p.suffix == ".json" or p.exists():
+        if not p.exists():
+            raise ConfigError(f"recipe file '{p}' does not exist.")
+        return p
+    candidate = RECIPE_DIR / f"{name_or_path}.json"
+    if not candidate.exists():
+        raise ConfigError(f"unknown recipe {str(name_or_path)!r}; recipes: {', '.join(recipe_names())} (or a path to a .json file).")
+    return candidate
+
+
+def load_recipe(name_or_path: str | os.PathLike) -> list[dict]:
+    """The validated cells of a recipe, each {name, scenario, knobs (all), episodes, duration_s, target, inputs, seed, optimal}."""
+    path = recipe_path(name_or_path)
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError as e:
+        raise ConfigError(f"recipe '{path}' is not valid JSON ({e}).") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("cells"), list) or not doc["cells"]:
+        raise ConfigError(f"recipe '{path}' must be an object with a non-empty list 'cells'.")
+    default_seed = doc.get("seed", 0)
+    cells, seen = [], set()
+    for i, raw in enumerate(doc["cells"]):
+        cell = validate_cell(raw, default_seed, where=f"recipe '{path.name}' cell {i}")
+        if cell["name"] in seen:
+            raise ConfigError(f"recipe '{path.name}': cell name {cell['name']!r} appears twice.")
+        seen.add(cell["name"])
+        cells.append(cell)
+    return cells
+
+
+def validate_cell(raw: dict, default_seed: int = 0, where: str = "cell") -> dict:
+    """One recipe cell checked and completed (ConfigError saying which cell and what is wrong)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a cell must be an object, got {type(raw).__name__}.")
+    unknown = set(raw) - CELL_KEYS
+    missing = [k for k in REQUIRED_CELL_KEYS if k not in raw]
+    if unknown or missing:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)} / missing keys {missing}; valid keys: {sorted(CELL_KEYS)}.")
+    where = f"{where} ({raw['name']!r})"
+    episodes, seed = raw["episodes"], raw.get("seed", default_seed)
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ConfigError(f"{where}: episodes={episodes!r} must be a positive integer.")
+    if not isinstance(raw.get("knobs", {}), dict):
+        raise ConfigError(f"{where}: knobs must be an object of knob: value.")
+    try:
+        sc = make_scenario(raw["scenario"], raw.get("knobs", {}), seed, raw["duration_s"])
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    prov = file_provenance(sc, episodes)
+    probe = make_scenario(sc.name, sc.k, sc.seed, 1.0).episode(0, episode_rng(sc.seed, 0))  # frames are lazy: cheap
+    streams = [s.name for s in probe.streams]
+    target = raw.get("target", prov["target"])
+    inputs = raw.get("inputs", prov["inputs"])
+    if target not in streams:
+        raise ConfigError(f"{where}: target {target!r} is not a stream of this scenario; streams: {streams}.")
+    if not isinstance(inputs, list) or not inputs or any(s not in streams or s.split("/")[0] in ("truth", "optimal") for s in inputs):
+        raise ConfigError(f"{where}: inputs {inputs!r} must be a non-empty list of sensor streams of this scenario; streams: {streams}.")
+    return {
+        "name": str(raw["name"]),
+        "scenario": sc.name,
+        "knobs": dict(sc.k),
+        "episodes": int(episodes),
+        "duration_s": sc.duration_s,
+        "target": target,
+        "inputs": list(inputs),
+        "seed": sc.seed,
+        "optimal": prov["optimal"] if target == prov["target"] else None,
+    }
