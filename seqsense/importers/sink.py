@@ -1,0 +1,261 @@
+"""The writing side shared by every importer: episodes, block-buffered streams, time-order checks.
+
+`ImportSession` owns the output `LogWriter`, names episodes `ep_000`, `ep_001`, ... and keeps the
+counts that go into provenance (skipped, sorted, stamp fallbacks). `StreamSink` buffers one output
+stream into a preallocated block and writes it with `StreamWriter.extend`, so memory stays bounded
+by one block per stream. Timestamps that go backwards are an error naming where they occur, unless
+the import asked for `--sort-time`: then every stream is staged in a scratch HDF5 file beside the
+output and copied into the log in stable time order (the scratch file is removed in all cases).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from seqsense import __version__
+from seqsense.errors import SeqsenseError
+from seqsense.importers.messages import Part
+from seqsense.log import EpisodeWriter, LogWriter
+from seqsense.log.format import KIND_DTYPES
+
+BLOCK_BYTES = 16 * 1024 * 1024  # per-stream buffer before a block is written
+IMAGE_CHUNK = 4  # frames per HDF5 chunk, as the log writer's default (window reads stay small)
+VECTOR_CHUNK_BYTES = 256 * 1024
+MAX_REPORTED = 5  # backwards steps quoted per stream
+
+
+@dataclasses.dataclass
+class ImportOptions:
+    """How to import: time source, episode split, sorting, image size, progress bars."""
+
+    time: str = "header"  # "header" stamp or "receive" time
+    episode: str = "per-file"  # "per-file", "gap=SECONDS" or "every=SECONDS"
+    sort_time: bool = False
+    image_size: tuple[int, int] | None = None  # (W, H)
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.time not in ("header", "receive"):
+            raise SeqsenseError(f"--time must be 'header' or 'receive', got {self.time!r}.")
+        if self.episode != "per-file":
+            mode, _, value = self.episode.partition("=")
+            try:
+                ok = mode in ("gap", "every") and float(value) > 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise SeqsenseError(f"--episode must be 'per-file', 'gap=SECONDS' or 'every=SECONDS' "
+                                    f"(e.g. gap=2.5), got {self.episode!r}.")
+
+    def _seconds_ns(self, mode: str) -> int | None:
+        m, _, value = self.episode.partition("=")
+        return int(float(value) * 1e9) if m == mode else None
+
+    @property
+    def gap_ns(self) -> int | None:
+        """A time gap longer than this (ns) starts a new episode (None: no gap split)."""
+        return self._seconds_ns("gap")
+
+    @property
+    def every_ns(self) -> int | None:
+        """Episodes are cut into pieces of this length in ns (None: no fixed-length split)."""
+        return self._seconds_ns("every")
+
+
+class StreamSink:
+    """Buffers the samples of one output stream and writes them in blocks; owns its order checks."""
+
+    def __init__(self, session: "ImportSession", episode: EpisodeWriter, name: str, part: Part,
+                 source: str, frame_id: str, where: str):
+        self.session, self.episode, self.name, self.part = session, episode, name, part
+        self.source, self.frame_id, self.where = source, frame_id, where
+        dtype = KIND_DTYPES[part.kind]
+        sample_bytes = max(1, int(np.prod(part.shape, dtype=np.int64)) * dtype.itemsize)
+        # Blocks are whole multiples of the HDF5 chunk, so no chunk is written twice.
+        self.chunk = IMAGE_CHUNK if part.kind == "image" else max(64, VECTOR_CHUNK_BYTES // sample_bytes)
+        self.block = self.chunk * max(1, BLOCK_BYTES // (self.chunk * sample_bytes))
+        self._t = np.empty(self.block, np.int64)
+        self._x = np.empty((self.block,) + tuple(part.shape), dtype)  # (N, *sample_shape)
+        self._n = 0
+        self.count = 0
+        self.last_t: int | None = None
+        self.backwards: list[tuple[int, int, int]] = []  # (message index, t, previous t)
+        self.n_backwards = 0
+        self.writer = None
+        self._stage = None  # (t dataset, data dataset) in the scratch file when sorting
+
+    def add(self, t_ns: int, sample, msg_index: int) -> None:
+        """Append one sample; `msg_index` locates it in the source for error messages."""
+        if self.last_t is not None and t_ns < self.last_t:
+            self.n_backwards += 1
+            if len(self.backwards) < MAX_REPORTED:
+                self.backwards.append((msg_index, t_ns, self.last_t))
+        self.last_t = t_ns
+        self._t[self._n] = t_ns
+        self._x[self._n] = sample
+        self._n += 1
+        if self._n == self.block:
+            self.flush()
+
+    def add_block(self, t_ns: np.ndarray, data: np.ndarray, index0: int = 0) -> None:
+        """Append many samples at once (sources that read arrays: CSV, HDF5)."""
+        t_ns = np.asarray(t_ns, np.int64)
+        if len(t_ns) == 0:
+            return
+        prev = np.empty_like(t_ns)  # the timestamp before each sample
+        prev[0] = t_ns[0] if self.last_t is None else self.last_t
+        prev[1:] = t_ns[:-1]
+        back = np.flatnonzero(t_ns < prev)
+        self.n_backwards += len(back)
+        for i in back[: MAX_REPORTED - len(self.backwards)]:
+            self.backwards.append((index0 + int(i), int(t_ns[i]), int(prev[i])))
+        self.last_t = int(t_ns[-1])
+        self.flush()
+        self._write(t_ns, np.asarray(data))
+
+    def flush(self) -> None:
+        """Write the buffered block."""
+        if self._n:
+            n, self._n = self._n, 0
+            self._write(self._t[:n], self._x[:n])
+
+    def _write(self, t: np.ndarray, x: np.ndarray) -> None:
+        self.count += len(t)
+        if self.session.options.sort_time:
+            if self._stage is None:
+                self._stage = self.session.scratch_datasets(self.part, self.chunk)
+            for ds, block in zip(self._stage, (t, x)):
+                n0 = ds.shape[0]
+                ds.resize((n0 + len(block),) + ds.shape[1:])
+                ds[n0:] = block
+            return
+        if self.writer is None:
+            self.writer = self._create(t)
+        self.writer.extend(t, x)
+
+    def _create(self, t: np.ndarray):
+        dt = np.diff(t)
+        dt = dt[dt > 0]
+        rate = 1e9 / float(np.median(dt)) if len(dt) else float("nan")  # nominal: median rate
+        p = self.part
+        return self.episode.stream(
+            self.name, p.kind, p.shape, units=p.units, fields=p.fields, frame_id=self.frame_id,
+            source=self.source, rate_hz=rate, allow_nan=p.allow_nan,
+            compression=None, chunk_samples=self.chunk,
+            attrs={**{k: v for k, v in p.attrs.items() if k != "frame_id"}, "time": self.session.options.time},
+        )
+
+    def finish(self) -> None:
+        """Flush the last block; when sorting, copy the staged samples into the log in time order."""
+        self.flush()
+        if self._stage is None:
+            return
+        t_ds, x_ds = self._stage
+        t = t_ds[()]
+        order = np.argsort(t, kind="stable")
+        moved = int(np.count_nonzero(order != np.arange(len(t))))
+        if moved:
+            self.session.count("sorted", self.where, moved)
+        self.writer = self._create(t[order])
+        for i0 in range(0, len(t), self.block):
+            idx = order[i0 : i0 + self.block]
+            lo, hi = int(idx.min()), int(idx.max()) + 1
+            if hi - lo <= 4 * len(idx):  # locally out of order: read the span, pick in memory
+                x = x_ds[lo:hi][idx - lo]
+            else:
+                uniq = np.sort(idx)
+                x = x_ds[uniq][np.searchsorted(uniq, idx)]
+            self.writer.extend(t[idx], x)
+
+    def backwards_text(self) -> str:
+        """Where timestamps went backwards, for the error message."""
+        steps = ", ".join(f"message {i} (t={t / 1e9:.6f} s after {p / 1e9:.6f} s)" for i, t, p in self.backwards)
+        more = f" and {self.n_backwards - len(self.backwards)} more" if self.n_backwards > len(self.backwards) else ""
+        return f"{self.where} -> stream '{self.name}': {self.n_backwards} backwards step(s) at {steps}{more}"
+
+
+class ImportSession:
+    """Owns the output log, the episode counter, the sort scratch file and the provenance counts."""
+
+    def __init__(self, out: str | os.PathLike, options: ImportOptions, mapping_dict: dict):
+        self.out = Path(out)
+        self.options = options
+        self.writer = LogWriter(self.out)
+        self.counts: dict[str, dict[str, int]] = {"dropped": {}, "sorted": {}, "stamp_fallback_receive": {}}
+        self.sources: list[dict] = []
+        self.mapping = mapping_dict
+        self._scratch: h5py.File | None = None
+        self._scratch_path = self.out.with_name(f".{self.out.name}.{os.getpid()}.sorting")
+        self._n_scratch = 0
+
+    def count(self, what: str, key: str, n: int = 1) -> None:
+        """Add `n` to a provenance counter (dropped / sorted / stamp_fallback_receive) under `key`."""
+        bucket = self.counts.setdefault(what, {})
+        bucket[key] = bucket.get(key, 0) + n
+
+    def new_episode(self, provenance: dict) -> EpisodeWriter:
+        """Create the next episode (`ep_000`, `ep_001`, ...)."""
+        return self.writer.episode(f"ep_{len(self.writer.episodes):03d}", provenance)
+
+    def scratch_datasets(self, part: Part, chunk: int):
+        """A fresh (t, data) dataset pair in the scratch file used for --sort-time."""
+        if self._scratch is None:
+            self._scratch = h5py.File(self._scratch_path, "w")
+        g = self._scratch.create_group(str(self._n_scratch))
+        self._n_scratch += 1
+        shape = tuple(part.shape)
+        t = g.create_dataset("t", (0,), maxshape=(None,), dtype=np.int64, chunks=(max(1024, chunk),))
+        x = g.create_dataset("data", (0,) + shape, maxshape=(None,) + shape, dtype=KIND_DTYPES[part.kind],
+                             chunks=(max(1, chunk),) + shape)
+        return t, x
+
+    def close_episode(self, sinks: list[StreamSink]) -> None:
+        """Finish the sinks of one episode; backwards timestamps without --sort-time are an error."""
+        bad = [s for s in sinks if s.n_backwards]
+        if bad and not self.options.sort_time:
+            raise SeqsenseError(
+                "timestamps go backwards (common in converted bags): "
+                + "; ".join(s.backwards_text() for s in bad)
+                + ". Nothing was written. Re-import with --sort-time to sort each stream by time "
+                "(counts are kept in provenance), or with --time receive to use receive times."
+            )
+        for s in sinks:
+            s.finish()
+
+    def finish(self, importer: str, extra: dict | None = None) -> Path:
+        """Write provenance and move the finished log into place."""
+        if not self.writer.episodes:
+            raise SeqsenseError("nothing to import: the sources hold no messages on the selected topics.")
+        prov = {
+            "importer": importer,
+            "seqsense_version": __version__,
+            "sources": self.sources,
+            "time": self.options.time,
+            "sort_time": self.options.sort_time,
+            "episode": self.options.episode,
+            "image_size": list(self.options.image_size) if self.options.image_size else None,
+            "mapping": self.mapping,
+            **self.counts,
+            **(extra or {}),
+        }
+        self.writer.set_provenance(prov)
+        try:
+            return self.writer.close()
+        finally:
+            self._drop_scratch()
+
+    def abort(self) -> None:
+        """Discard everything written so far."""
+        self.writer.abort()
+        self._drop_scratch()
+
+    def _drop_scratch(self) -> None:
+        if self._scratch is not None:
+            self._scratch.close()
+            self._scratch = None
+        self._scratch_path.unlink(missing_ok=True)
