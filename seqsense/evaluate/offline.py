@@ -1,0 +1,119 @@
+"""`seqsense eval`: evaluate trained run folders on held-out logs and write metrics files atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+from seqsense.dataset import WindowDataset, episode_refs, resolve_paths
+from seqsense.errors import ConfigError, SeqsenseError
+from seqsense.evaluate.replay import evaluate_predictor, mean_row
+from seqsense.evaluate.wrappers import ExponentialSmoothing, TemporalEnsemble
+
+WRAPPERS = {"ema": ExponentialSmoothing, "ensemble": TemporalEnsemble}
+
+
+def parse_wrappers(specs: Sequence[str]) -> list[tuple[str, type, dict]]:
+    """'ema:alpha=0.3' -> [(label, class, kwargs)]; ConfigError naming the valid wrappers and keys."""
+    out = []
+    for spec in specs:
+        name, _, rest = spec.partition(":")
+        if name not in WRAPPERS:
+            raise ConfigError(f"--wrap {spec!r}: unknown wrapper {name!r}; valid: {', '.join(WRAPPERS)}.")
+        kwargs = {}
+        for item in filter(None, rest.split(",")):
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise ConfigError(f"--wrap {spec!r}: {item!r} is not key=value.")
+            try:
+                kwargs[key] = int(value) if key == "k" else float(value)
+            except ValueError:
+                raise ConfigError(f"--wrap {spec!r}: {key}={value!r} is not a number.") from None
+        out.append((f"{name}({rest})" if rest else name, WRAPPERS[name], kwargs))
+    return out
+
+
+def parse_consumer_overrides(items: Sequence[str]) -> dict[str, dict[str, str]]:
+    """['tracking.kp=50'] -> {'tracking': {'kp': '50'}} (values converted by the consumer config)."""
+    from seqsense.evaluate.consumers import consumer_names
+
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        name, dot, field = key.partition(".")
+        if not eq or not dot:
+            raise ConfigError(f"--consumer {item!r} is not of the form NAME.KEY=VALUE (e.g. tracking.kp=50).")
+        if name not in consumer_names():
+            raise ConfigError(f"--consumer {item!r}: unknown consumer {name!r}; valid: {', '.join(consumer_names())}.")
+        out.setdefault(name, {})[field] = value
+    return out
+
+
+def check_writable(out_dir: str | os.PathLike) -> Path:
+    """Create `out_dir` if needed and check it can be written (SeqsenseError otherwise)."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SeqsenseError(f"Cannot create output folder '{out}': {e.strerror}.") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise SeqsenseError(f"Output folder '{out}' is not writable; choose another --out.")
+    return out
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def rows_to_csv(rows: list[dict]) -> str:
+    """CSV text of rows with the union of their keys as columns."""
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def evaluate_runs(run_dirs, data, out_dir, wrappers=(), consumer_overrides=None, progress: bool = True) -> dict:
+    """Evaluate each run's best model (and wrapped variants) on every episode of `data`."""
+    from tqdm import tqdm
+
+    from seqsense.models.checkpoint import load_checkpoint
+
+    out = check_writable(out_dir)
+    paths = resolve_paths(data)
+    refs = episode_refs(paths)
+    models = [(Path(r).name or str(r), load_checkpoint(r)) for r in run_dirs]
+    all_rows, summary = [], {"data": [str(p) for p in paths], "models": {}}
+    n_variants = len(models) * (1 + len(wrappers))
+    bar = tqdm(total=n_variants * len(refs), desc="eval", unit="episode", disable=not progress)
+    for name, model in models:
+        try:
+            dataset = WindowDataset(refs, model.config.window_spec(window=1))
+        except SeqsenseError as e:
+            raise SeqsenseError(f"Run '{name}' cannot be evaluated on these logs: {e}") from None
+        variants = [(name, model.predictor())]
+        variants += [(f"{name}+{label}", cls(model.predictor(), **kw)) for label, cls, kw in wrappers]
+        for label, predictor in variants:
+            rows, _ = evaluate_predictor(predictor, dataset, consumer_overrides, keep_replays=0, progress=bar)
+            for r in rows:
+                r["model"], r["family"] = label, model.family
+            all_rows += rows
+            summary["models"][label] = {"family": model.family, "num_parameters": model.num_parameters(), **mean_row(rows)}
+    bar.close()
+    write_text_atomic(out / "metrics.csv", rows_to_csv(all_rows))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1, default=float))
+    return summary
