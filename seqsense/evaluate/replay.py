@@ -176,7 +176,9 @@ def evaluate_predictor(predictor, dataset: WindowDataset, consumer_overrides: di
 
 def mean_row(rows: list[dict]) -> dict:
     """Mean over episodes of every numeric column (NaN-aware)."""
-    keys = [k for k in rows[0] if isinstance(rows[0][k], (int, float))]
+    keys = []
+    for r in rows:
+        keys += [k for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in keys]
     out = {}
     for key in keys:
         vals = np.asarray([r.get(key, math.nan) for r in rows], float)

@@ -1,0 +1,46 @@
+"""Run the study: generate the scenario sweep from a recipe, train every model family on equal
+budgets, replay held-out episodes through each, drive the machine consumers, and report when temporal
+modeling is needed (OUT/index.html, OUT/summary.md, OUT/results.json). Interrupted runs resume."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="the quick default: small frames, one seed (minutes on a laptop CPU)")
+    size.add_argument("--full", action="store_true", help="the whole sweep with more seeds and larger budgets")
+    p.add_argument("--recipe", metavar="NAME_OR_PATH", help="a recipe name in datasets/recipes/ or a recipe file (overrides --quick/--full's)")
+    p.add_argument("--out", default="study_out", metavar="DIR", help="output folder (default: study_out); reused to resume")
+    p.add_argument("--seed", type=int, action="append", metavar="S", help="seed(s) to run (repeatable); default 0, or 0 1 2 with --full")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="cells run in N parallel processes (default 1)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="study settings: steps, time_budget_s, batch_size, window, hidden, test_episodes, families, n_boot, margin")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from seqsense.config import apply_overrides
+    from seqsense.errors import ConfigError
+    from seqsense.study import Study, StudyConfig
+
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {args.jobs}.")
+    config = StudyConfig.full() if args.full else StudyConfig.quick()
+    overrides = dict(item.split("=", 1) if "=" in item else (item, "") for item in args.set)
+    for key in ("recipe", "seeds"):
+        if key in overrides:
+            raise ConfigError(f"--set {key}=... is not a study setting here; use --recipe / --seed.")
+    if args.recipe:
+        overrides["recipe"] = args.recipe
+    if args.seed:
+        overrides["seeds"] = ",".join(str(s) for s in args.seed)
+    config = apply_overrides(config, overrides, owner="study")
+    study = Study(config, args.out, progress=not args.no_progress, jobs=args.jobs)
+    results = study.run()
+    n_done = sum(c["status"] == "done" for c in results["cells"].values())
+    print(f"study {config.recipe}: {n_done}/{len(results['cells'])} cells done in {results['elapsed_s']:.0f} s")
+    for claim in results["claims"]:
+        print(f"  claim {claim['id']}: {claim['verdict']:<12} {claim['claim']}")
+    print(f"report: {args.out}/index.html  (also summary.md, results.json)")
+    return 0 if n_done == len(results["cells"]) else 1
