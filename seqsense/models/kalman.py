@@ -348,7 +348,7 @@ def parse_system(prov: dict) -> dict | None:
     out = {"A": A, "Q": get("Q").reshape(n, n), "H": H, "R": get("R").reshape(m, m)}
     out["x0"] = np.zeros(n) if get("x0") is None else get("x0").reshape(n)
     out["P0"] = np.eye(n) * 1e6 if get("P0") is None else get("P0").reshape(n, n)
-    out["G"] = H if get("G") is None else get("G").reshape(-1, n)
+    out["G"] = H.copy() if get("G") is None else get("G").reshape(-1, n)
     return out
 
 
