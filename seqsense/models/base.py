@@ -58,6 +58,7 @@ class ModelConfig:
     inputs: tuple[str, ...] = ()
     target: str = ""
     window: int = 32  # T: ticks of context per training window
+    stride: int = 0  # ticks between training window starts; 0 = window (no overlap)
     packed: dict = dataclasses.field(default_factory=dict)  # input stream -> K samples per tick
     clock: str | None = None
     rate_hz: float | None = None
@@ -72,16 +73,25 @@ class ModelConfig:
     val_fraction: float = 0.2
     val_every: int = 100
     seed: int = 0
+    num_classes: int = 0  # classes of a label target; 0 = infer from the training split
+    grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
 
     def __post_init__(self):
         self.inputs = tuple(self.inputs)
         for name in ("window", "hidden", "batch_size", "frame_channels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{type(self).__name__}: {name} must be >= 1, got {getattr(self, name)}.")
+        if self.stride < 0:
+            raise ConfigError(f"{type(self).__name__}: stride must be >= 0 (0 = window), got {self.stride}.")
         if self.steps < 0 or self.time_budget_s < 0:
             raise ConfigError(f"{type(self).__name__}: steps and time_budget_s must be >= 0.")
         if not (self.lr > 0):
             raise ConfigError(f"{type(self).__name__}: lr must be > 0, got {self.lr}.")
+        if self.val_every < 1 or self.num_classes < 0 or self.grad_clip < 0:
+            raise ConfigError(
+                f"{type(self).__name__}: need val_every >= 1, num_classes >= 0, grad_clip >= 0; "
+                f"got val_every={self.val_every}, num_classes={self.num_classes}, grad_clip={self.grad_clip}."
+            )
 
     def window_spec(self, window: int | None = None) -> WindowSpec:
         """The dataset windows this model trains on (or `window` ticks for evaluation)."""
@@ -89,6 +99,7 @@ class ModelConfig:
             inputs=self.inputs,
             target=self.target,
             window=window or self.window,
+            stride=self.stride if window is None else 0,
             clock=self.clock,
             rate_hz=self.rate_hz,
             packed=dict(self.packed),
@@ -96,11 +107,11 @@ class ModelConfig:
         )
 
 
-def to_tensors(tick: dict[str, np.ndarray], batch: bool = True) -> dict[str, torch.Tensor]:
+def to_tensors(tick: dict[str, np.ndarray], batch: bool = True, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
     """numpy tick/window dict -> torch tensors, adding a batch axis of 1 if `batch`."""
     out = {}
     for k, v in tick.items():
-        t = torch.as_tensor(np.asarray(v))
+        t = torch.as_tensor(np.asarray(v), device=device)
         out[k] = t.unsqueeze(0) if batch else t
     return out
 
@@ -111,6 +122,24 @@ class SequenceModel(nn.Module):
     family = "base"
     config_cls = ModelConfig
     memoryless = False  # True for families whose prediction at a tick uses only that tick
+    input_kinds: tuple[str, ...] = ("image", "vector", "scalar")  # stream kinds the family can read
+    target_kinds: tuple[str, ...] = ("vector", "scalar", "label", "event")  # and can predict
+
+    @classmethod
+    def check_streams(cls, config: ModelConfig, streams: dict[str, StreamInfo]) -> None:
+        """ConfigError if an input or the target is of a kind this family cannot handle."""
+        for s in config.inputs:
+            if streams[s].kind not in cls.input_kinds:
+                raise ConfigError(
+                    f"Model {cls.family!r} cannot read {streams[s].kind} stream {s!r}; "
+                    f"input kinds it accepts: {', '.join(cls.input_kinds)}."
+                )
+        kind = streams[config.target].kind
+        if kind not in cls.target_kinds:
+            raise ConfigError(
+                f"Model {cls.family!r} cannot predict {kind} stream {config.target!r}; "
+                f"target kinds it accepts: {', '.join(cls.target_kinds)}."
+            )
 
     def __init__(self, config: ModelConfig, streams: dict[str, StreamInfo], normalization: dict):
         super().__init__()
@@ -120,12 +149,32 @@ class SequenceModel(nn.Module):
         target = streams[config.target]
         self.discrete = target.kind in ("label", "event")
         self.num_classes = int(getattr(config, "num_classes", 0) or 0)
+        if self.discrete and self.num_classes < 2:
+            raise ConfigError(
+                f"{type(config).__name__}: label target {config.target!r} needs num_classes >= 2, got {self.num_classes} "
+                "(train() infers it from the training split)."
+            )
         self.target_dim = self.num_classes if self.discrete else int(np.prod(target.shape) or 1)
         stats = normalization.get("target")
         mean = torch.tensor(stats["mean"] if stats else [0.0] * self.target_dim, dtype=torch.float32)
         std = torch.tensor(stats["std"] if stats else [1.0] * self.target_dim, dtype=torch.float32)
         self.register_buffer("target_mean", mean, persistent=True)
         self.register_buffer("target_std", std, persistent=True)
+
+    def denormalize(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Head outputs in normalized target units -> mean and variance in the target's units."""
+        if "logits" in out:
+            return out
+        return {"mean": out["mean"] * self.target_std + self.target_mean, "var": out["var"] * self.target_std**2}
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's tensors."""
+        for t in self.parameters():
+            return t.device
+        for t in self.buffers():
+            return t.device
+        return torch.device("cpu")
 
     # ---- offline face -------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -166,8 +215,8 @@ class SequenceModel(nn.Module):
     def predict(self, sequence: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Offline predictions over one whole sequence (no batch axis) as numpy (T, D)."""
         self.eval()
-        out = self(to_tensors(sequence))
-        return {k: v[0].numpy() for k, v in out.items()}
+        out = self(to_tensors(sequence, device=self.device))
+        return {k: v[0].cpu().numpy() for k, v in out.items()}
 
     def predictor(self) -> "TorchPredictor":
         """A numpy StreamingPredictor driving `step` one tick at a time."""
@@ -183,17 +232,23 @@ class TorchPredictor:
 
     def __init__(self, model: SequenceModel):
         self.model = model.eval()
+        self.device = model.device
         self.state: dict[str, torch.Tensor] = {}
+        suffixes = ("", "_age_s", "_valid", "_mask")
+        self.keys = {"t_ns", "dt_s", "tick_is_pad"} | {s + x for s in model.config.inputs for x in suffixes}  # what step reads
         self.reset()
 
     def reset(self) -> None:
+        """Forget all state: the next `step` is the first tick of a new log."""
         self.state = self.model.init_state(1)
 
-    @torch.no_grad()
     def step(self, tick: dict[str, np.ndarray]) -> Prediction:
-        out, self.state = self.model.step(to_tensors(tick), self.state)
+        """Consume one tick's inputs (numpy, no batch axis) and return its prediction."""
+        x = {k: torch.as_tensor(np.asarray(v)[None], device=self.device) for k, v in tick.items() if k in self.keys}
+        with torch.inference_mode():
+            out, self.state = self.model.step(x, self.state)
         if "logits" in out:
-            probs = torch.softmax(out["logits"][0], -1).numpy()
+            probs = torch.softmax(out["logits"][0], -1).cpu().numpy()
             return Prediction(mean=np.asarray(np.argmax(probs)), probs=probs)
         var = out.get("var")
-        return Prediction(mean=out["mean"][0].numpy(), var=None if var is None else var[0].numpy())
+        return Prediction(mean=out["mean"][0].cpu().numpy(), var=None if var is None else var[0].cpu().numpy())

@@ -95,3 +95,25 @@ class TickEncoder(nn.Module):
                 xv = (x.reshape(lead + (-1,)) - mean) / std * valid
                 parts += [xv, tick[f"{s}_age_s"].unsqueeze(-1).clamp(max=10.0), valid]
         return self.fuse(torch.cat(parts, -1))
+
+
+class PredictionHead(nn.Module):
+    """Maps core features (..., hidden) to outputs in normalized target units.
+
+    Continuous targets: {"mean": (..., D), "var": (..., D)} with var = softplus(raw) + min_var > 0;
+    label targets: {"logits": (..., K)}. `SequenceModel.denormalize` converts to target units.
+    """
+
+    def __init__(self, hidden: int, target_dim: int, discrete: bool, min_var: float = 1e-4):
+        super().__init__()
+        self.discrete = discrete
+        self.target_dim = target_dim
+        self.min_var = min_var
+        self.proj = nn.Linear(hidden, target_dim if discrete else 2 * target_dim)
+
+    def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = self.proj(h)
+        if self.discrete:
+            return {"logits": z}
+        mean, raw = z.split(self.target_dim, dim=-1)
+        return {"mean": mean, "var": nn.functional.softplus(raw) + self.min_var}
