@@ -257,7 +257,7 @@ class Study:
         per_cell: dict[str, list[dict]] = {}
         errors: dict[str, str] = {}
         work = [(cell, seed) for cell in self.cells for seed in c.seeds]
-        if self.jobs > 1:
+        if self.jobs > 1 and len(work) > 1:
             outcomes = self._run_parallel(work, bar)
         else:
             outcomes = (self._run_unit(cell, seed, bar) for cell, seed in work)
@@ -287,9 +287,10 @@ class Study:
         import concurrent.futures as cf
         import multiprocessing
 
-        threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        jobs = min(self.jobs, len(work))
+        threads = max(1, (os.cpu_count() or 1) // jobs)
         ctx = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
+        with cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
             futures = [pool.submit(_worker_unit, dataclasses.asdict(self.config), str(self.out), cell, seed) for cell, seed in work]
             for fut in cf.as_completed(futures):
                 bar.update(len(self.config.families) + 1)

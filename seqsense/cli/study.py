@@ -14,7 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", metavar="NAME_OR_PATH", help="a recipe name in datasets/recipes/ or a recipe file (overrides --quick/--full's)")
     p.add_argument("--out", default="study_out", metavar="DIR", help="output folder (default: study_out); reused to resume")
     p.add_argument("--seed", type=int, action="append", metavar="S", help="seed(s) to run (repeatable); default 0, or 0 1 2 with --full")
-    p.add_argument("--jobs", type=int, default=1, metavar="N", help="cells run in N parallel processes (default 1)")
+    p.add_argument("--jobs", type=int, default=0, metavar="N", help="cells run in N parallel processes, one CPU thread each (default: one per core)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="study settings: steps, time_budget_s, batch_size, window, hidden, test_episodes, families, n_boot, margin")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -24,8 +24,11 @@ def run(args: argparse.Namespace) -> int:
     from seqsense.errors import ConfigError
     from seqsense.study import Study, StudyConfig
 
-    if args.jobs < 1:
-        raise ConfigError(f"--jobs must be >= 1, got {args.jobs}.")
+    import os
+
+    if args.jobs < 0:
+        raise ConfigError(f"--jobs must be >= 1 (or 0 for one per core), got {args.jobs}.")
+    jobs = args.jobs or max(1, os.cpu_count() or 1)
     config = StudyConfig.full() if args.full else StudyConfig.quick()
     overrides = dict(item.split("=", 1) if "=" in item else (item, "") for item in args.set)
     for key in ("recipe", "seeds"):
@@ -36,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seed:
         overrides["seeds"] = ",".join(str(s) for s in args.seed)
     config = apply_overrides(config, overrides, owner="study")
-    study = Study(config, args.out, progress=not args.no_progress, jobs=args.jobs)
+    study = Study(config, args.out, progress=not args.no_progress, jobs=jobs)
     results = study.run()
     n_done = sum(c["status"] == "done" for c in results["cells"].values())
     print(f"study {config.recipe}: {n_done}/{len(results['cells'])} cells done in {results['elapsed_s']:.0f} s")
