@@ -27,9 +27,13 @@ def _metric(cell: dict, model: str, key: str) -> float:
 
 
 def _fmt_need(name: str, consumer: str, need: dict) -> str:
+    def pct(x):
+        return "–" if x is None or not math.isfinite(x) else f"{x:+.0%}"
+
     return (
-        f"{name}/{consumer}: gap {need['gap']:+.0%} [{need['ci_low']:+.0%}, {need['ci_high']:+.0%}] "
+        f"{name}/{consumer}: gap {pct(need['gap'])} [{pct(need['ci_low'])}, {pct(need['ci_high'])}] "
         f"({need['best_temporal']} vs {need['best_memoryless']}) → {need['verdict']}"
+        + (f" ({need['note']})" if need.get("note") else "")
     )
 
 
@@ -77,6 +81,10 @@ def claim_transformer(results: dict) -> tuple[str, str]:
     for name, cell in cells:
         t, f = _metric(cell, "transformer", "rmse"), _metric(cell, "framewise", "rmse")
         if math.isnan(t) or math.isnan(f):
+            continue
+        best_r2 = max((_metric(cell, m, "r2") for m in cell["models"]), default=math.nan)
+        if best_r2 < 0.5:  # no model learned the target: its RMSE says nothing about attention
+            parts.append(f"{name}: no model learned the target within the budget (best R² {best_r2:.2f})")
             continue
         wins.append(t < 0.9 * f)
         parts.append(f"{name}: transformer RMSE {t:.3g} vs framewise {f:.3g} ({t / f - 1:+.0%})")

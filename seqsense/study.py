@@ -1,10 +1,12 @@
 """The study: when does a machine consumer need temporal consistency, and which family pays off?
 
 For every cell of a recipe (`datasets/recipes/*.json`: a scenario with knob values) and every seed,
-`run_study` generates a training log and a held-out test log once, trains every model family on the
-same budget (optimizer steps and seconds), replays the test episodes through each trained predictor
-(and a smoothed memoryless variant, to show the jitter/lag trade-off), and scores metrics and the
-machine consumers. It then computes, per cell and consumer, the relative cost gap between the best
+the study generates a training log and a held-out test log once, trains one per-tick encoder (a
+framewise model) that every family starts from, so frames are learned once, then trains every
+family, framewise included, on the same further budget (optimizer steps and seconds). It replays the
+test episodes through each trained predictor (and the framewise model behind an exponential smoother,
+the cheapest temporal model, to show the jitter/lag trade-off), and scores metrics and the machine
+consumers. It then computes, per cell and consumer, the relative cost gap between the best
 memoryless and the best temporal model with a bootstrap CI over episodes and seeds, the rank agreement
 between RMSE and consumer cost, and the verdicts on the claims (`seqsense.claims`), and writes
 `results.json` plus the report (`index.html`, `summary.md`).
@@ -31,10 +33,11 @@ import numpy as np
 from seqsense import __version__
 from seqsense.errors import ConfigError, SeqsenseError
 from seqsense.evaluate.offline import check_writable, write_text_atomic
+from seqsense.evaluate.verdict import INCONCLUSIVE
 from seqsense.log.format import NS_PER_S
 
 FAMILIES = ("framewise", "gp", "rnn", "transformer", "kalman")
-SMOOTHED = "framewise+ema"  # the memoryless model behind an exponential smoother (trades jitter for lag)
+MIN_R2 = 0.5  # below this best R² on the test episodes a cell's verdicts are inconclusive
 SMOOTH_TAU_S = 0.1
 
 
@@ -45,14 +48,15 @@ class StudyConfig:
     recipe: str = "quick"
     seeds: tuple[int, ...] = (0,)
     families: tuple[str, ...] = FAMILIES
-    steps: int = 150  # optimizer steps per family and cell (equal budget)
-    time_budget_s: float = 8.0  # and at most this many seconds of training per family and cell
+    steps: int = 300  # optimizer steps per family and cell (equal budget)
+    time_budget_s: float = 10.0  # and at most this many seconds of training per family and cell
     batch_size: int = 16
     window: int = 16
     hidden: int = 32
     test_episodes: int = 6
     n_boot: int = 2000
     margin: float = 0.05
+    shared_encoder: bool = True  # train one per-tick encoder per cell first; every family starts from it
 
     def __post_init__(self):
         self.seeds = tuple(int(s) for s in self.seeds)
@@ -146,8 +150,11 @@ class Study:
             paths.append(path)
         return paths[0], paths[1]
 
-    def trained(self, cell: dict, seed: int, family: str, train_log: Path):
-        """The trained model of a family for a cell and seed, trained now or loaded from a finished run."""
+    def trained(self, cell: dict, seed: int, family: str, train_log: Path, init_encoder: Path | None = None):
+        """The trained model of a family for a cell and seed, trained now or loaded from a finished run.
+
+        `family` "encoder" is the shared stage: a framewise model whose encoder every family starts from.
+        """
         from seqsense.models.checkpoint import load_checkpoint
         from seqsense.train import train
 
@@ -166,7 +173,17 @@ class Study:
             "seed": seed,
             "packed": _packed_inputs(cell, train_log),
         }
-        res = train(family, [train_log], overrides, run_dir, inputs=cell["inputs"], target=cell["target"], progress=False, log=lambda *_: None)
+        res = train(
+            "framewise" if family == "encoder" else family,
+            [train_log],
+            overrides,
+            run_dir,
+            inputs=cell["inputs"],
+            target=cell["target"],
+            progress=False,
+            log=lambda *_: None,
+            init_encoder=init_encoder,
+        )
         summary = {
             "num_parameters": res.num_parameters,
             "train_steps": res.steps,
@@ -187,17 +204,27 @@ class Study:
         path = self.cell_dir(cell, seed) / "eval.json"
         if path.exists():
             if bar is not None:
-                bar.update(len(self.config.families) + 1)
+                bar.update(self._units_per_cell())
             return json.loads(path.read_text())
         train_log, test_log = self.logs(cell, seed)
         if bar is not None:
             bar.update(1)
         refs = episode_refs([test_log])
         models, rows, examples = {}, [], {}
+        shared, shared_summary = None, None
+        if self.config.shared_encoder:
+            if bar is not None:
+                bar.set_postfix_str(f"{cell['name']} seed {seed}: shared encoder")
+            _, shared_summary = self.trained(cell, seed, "encoder", train_log)
+            shared = self.cell_dir(cell, seed) / "runs" / "encoder"
+            if bar is not None:
+                bar.update(1)
         for family in self.config.families:
             if bar is not None:
                 bar.set_postfix_str(f"{cell['name']} seed {seed}: {family}")
-            model, summary = self.trained(cell, seed, family, train_log)
+            model, summary = self.trained(cell, seed, family, train_log, init_encoder=shared)
+            if shared_summary:
+                summary = {**summary, "encoder_steps": shared_summary["train_steps"], "encoder_seconds": shared_summary["train_seconds"]}
             models[family] = {"family": family, "wrapper": None, **summary}
             variants = [(family, model.predictor())]
             if family in self.memoryless:
@@ -212,9 +239,11 @@ class Study:
                 examples[label] = replays[0]
             if bar is not None:
                 bar.update(1)
+        truth = [w["target"][w["target_valid"]] for w in (dataset.sequence(k) for k in range(len(refs)))]
         result = {
             "cell": cell["name"],
             "seed": seed,
+            "target_var": float(np.var(np.concatenate(truth), axis=0).mean()) if truth and truth[0].ndim == 2 else None,
             "target_fields": dataset.index(0).streams[cell["target"]].fields,
             "models": models,
             "rows": rows,
@@ -252,7 +281,7 @@ class Study:
 
         t0 = time.perf_counter()
         c = self.config
-        units = len(self.cells) * len(c.seeds) * (len(c.families) + 1)
+        units = len(self.cells) * len(c.seeds) * self._units_per_cell()
         bar = tqdm(total=units, desc=f"study {c.recipe}", unit="step", disable=not self.progress)
         per_cell: dict[str, list[dict]] = {}
         errors: dict[str, str] = {}
@@ -275,6 +304,10 @@ class Study:
         write_report(json.loads((self.out / "results.json").read_text()), self.out)
         return results
 
+    def _units_per_cell(self) -> int:
+        """Progress units of one cell and seed: data, the shared encoder, each family."""
+        return 1 + int(self.config.shared_encoder) + len(self.config.families)
+
     def _run_unit(self, cell: dict, seed: int, bar=None) -> tuple[dict | None, str | None]:
         """(result, None) or (None, error text) for one cell and seed; a failure never stops the sweep."""
         try:
@@ -293,7 +326,7 @@ class Study:
         with cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
             futures = [pool.submit(_worker_unit, dataclasses.asdict(self.config), str(self.out), cell, seed) for cell, seed in work]
             for fut in cf.as_completed(futures):
-                bar.update(len(self.config.families) + 1)
+                bar.update(self._units_per_cell())
             return [f.result() for f in futures]
 
     def aggregate(self, per_cell: dict[str, list[dict]], errors: dict[str, str], elapsed_s: float) -> dict:
@@ -364,13 +397,17 @@ def summarize_cell(results: list[dict], memoryless: list[str], config: StudyConf
         for key in ("train_seconds", "train_steps"):
             info[key] = float(np.mean([res["models"][label][key] for res in results]))
         info["metrics"] = mean_row(mrows)
+        target_var = np.nanmean([res.get("target_var") or math.nan for res in results])
+        if math.isfinite(target_var) and target_var > 0 and "rmse" in info["metrics"]:
+            info["metrics"]["r2"] = 1.0 - info["metrics"]["rmse"] ** 2 / target_var
         info["per_episode"] = [{k: v for k, v in r.items() if k != "model"} for r in mrows]
         models[label] = info
     consumers = sorted({k.split(".")[0] for r in rows for k in r if k.endswith(".cost")})
     need, ranks = {}, {}
     seeds = sorted({r["seed"] for r in rows})
-    temporal = [m for m in labels if models[m]["family"] not in memoryless]
-    memoryless_labels = [m for m in labels if models[m]["family"] in memoryless]
+    # A memoryless model behind a smoother carries state: it counts as temporal (the cheapest kind).
+    memoryless_labels = [m for m in labels if models[m]["family"] in memoryless and not models[m]["wrapper"]]
+    temporal = [m for m in labels if m not in memoryless_labels]
     for cons in consumers:
         key = f"{cons}.cost"
         costs = {}
@@ -393,6 +430,11 @@ def summarize_cell(results: list[dict], memoryless: list[str], config: StudyConf
             seed=0,
         )
         need[cons] = gap.as_dict()
+        best_r2 = max((models[m]["metrics"].get("r2", math.nan) for m in labels), default=math.nan)
+        if math.isfinite(best_r2) and best_r2 < MIN_R2:
+            # Neither side learned the target: a small gap says nothing about the need for memory.
+            need[cons]["verdict"] = INCONCLUSIVE
+            need[cons]["note"] = f"no model learned the target within the budget (best R² {best_r2:.2f} < {MIN_R2})"
         rmse = {m: models[m]["metrics"].get("rmse", math.nan) for m in costs}
         cost = {m: float(np.mean(costs[m])) for m in costs}
         ranks[cons] = rank_agreement(rmse, cost)

@@ -307,11 +307,13 @@ def train(
     num_workers: int = 0,
     on_step: Callable[[int, float], None] | None = None,
     log: Callable[[str], None] | None = None,
+    init_encoder: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train model `family` on the logs `data_paths` into run dir `out_dir`; see the module docstring.
 
     `config_overrides` are the family config's fields ({"hidden": 32} or ["hidden=32"]); `inputs` and
     `target` default to the first log's provenance. `on_step(step, loss)` is called after each step.
+    `init_encoder` (a checkpoint or run dir) starts the shared TickEncoder from that model's weights.
     """
     info = DistInfo.from_env()
     dev = resolve_device(device, info)
@@ -322,10 +324,32 @@ def train(
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     try:
         run = _Run(family, data_paths, config_overrides, Path(out_dir), inputs, target, dev, info, log)
+        if init_encoder is not None and not resume:
+            warm_start_encoder(run.model, init_encoder)
         return run.execute(resume, progress, num_workers, on_step)
     finally:
         if own_group:
             dist.destroy_process_group()
+
+
+def warm_start_encoder(model: SequenceModel, source: str | os.PathLike) -> int:
+    """Copy the shared encoder's weights (`encoder.*`) of the checkpoint `source` into `model`.
+
+    The study trains one per-frame encoder per cell and starts every family from it, so frames are
+    learned once and each family spends its budget on its own part. Returns the tensors copied;
+    ConfigError if the encoders differ in shape (different inputs or sizes).
+    """
+    from seqsense.models.checkpoint import checkpoint_paths, read_checkpoint_meta, read_weights
+
+    weights_path, _ = checkpoint_paths(source)
+    tensors = read_weights(weights_path, read_checkpoint_meta(source)["weights_sha256"])
+    own = model.state_dict()
+    enc = {k: v for k, v in tensors.items() if k.startswith("encoder.")}
+    bad = [k for k, v in enc.items() if k not in own or own[k].shape != v.shape]
+    if not enc or bad:
+        raise ConfigError(f"Cannot start the encoder from '{source}': its encoder does not fit this model ({bad[:3] or 'no encoder weights'}).")
+    model.load_state_dict(enc, strict=False)
+    return len(enc)
 
 
 class _Run:

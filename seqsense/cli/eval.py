@@ -10,6 +10,7 @@ import argparse
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by `seqsense train` (their best checkpoint is used)")
     p.add_argument("--data", nargs="+", required=True, metavar="LOG", help="held-out logs to replay")
+    p.add_argument("--episodes", metavar="NAMES|val", help="replay only these episodes (ep_005,ep_006), or 'val': each run's held-out validation episodes")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for metrics.csv and summary.json")
     p.add_argument(
         "--wrap",
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     wrappers = parse_wrappers(args.wrap)
     overrides = parse_consumer_overrides(args.consumer)
-    summary = evaluate_runs(args.runs, args.data, args.out, wrappers=wrappers, consumer_overrides=overrides, progress=not args.no_progress)
+    summary = evaluate_runs(args.runs, args.data, args.out, wrappers=wrappers, consumer_overrides=overrides, progress=not args.no_progress, episodes=args.episodes)
     cols = ["rmse", "nll", "coverage_90", "flicker", "tvr", "lag_s", "tracking.cost", "safety.cost", "intercept.cost", "latency_median_us"]
     print(f"{'model':<28}" + "".join(f"{c:>16}" for c in cols))
     for name, row in summary["models"].items():

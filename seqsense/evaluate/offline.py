@@ -87,8 +87,26 @@ def rows_to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def evaluate_runs(run_dirs, data, out_dir, wrappers=(), consumer_overrides=None, progress: bool = True) -> dict:
-    """Evaluate each run's best model (and wrapped variants) on every episode of `data`."""
+def select_episodes(refs: list[tuple[str, str]], episodes: str | None, model, run_name: str) -> list[tuple[str, str]]:
+    """The (file, episode) pairs to replay: all, the named ones ('ep_005,ep_006'), or 'val' (the run's held-out split)."""
+    if not episodes:
+        return refs
+    if episodes == "val":
+        held_out = set(model.checkpoint_meta.get("extra", {}).get("split", {}).get("val", []))
+        chosen = [r for r in refs if f"{Path(r[0]).name}:{r[1]}" in held_out]
+        if not chosen:
+            raise SeqsenseError(f"Run '{run_name}' held out no episode of these logs for validation; name episodes with --episodes.")
+        return chosen
+    names = [e.strip() for e in episodes.split(",") if e.strip()]
+    known = {e for _, e in refs}
+    unknown = [e for e in names if e not in known]
+    if unknown:
+        raise SeqsenseError(f"--episodes: no episode {unknown} in the logs; episodes there: {sorted(known)[:12]}.")
+    return [r for r in refs if r[1] in names]
+
+
+def evaluate_runs(run_dirs, data, out_dir, wrappers=(), consumer_overrides=None, progress: bool = True, episodes: str | None = None) -> dict:
+    """Evaluate each run's best model (and wrapped variants) on the episodes of `data` (see select_episodes)."""
     from tqdm import tqdm
 
     from seqsense.models.checkpoint import load_checkpoint
@@ -98,11 +116,12 @@ def evaluate_runs(run_dirs, data, out_dir, wrappers=(), consumer_overrides=None,
     refs = episode_refs(paths)
     models = [(Path(r).name or str(r), load_checkpoint(r)) for r in run_dirs]
     all_rows, summary = [], {"data": [str(p) for p in paths], "models": {}}
-    n_variants = len(models) * (1 + len(wrappers))
-    bar = tqdm(total=n_variants * len(refs), desc="eval", unit="episode", disable=not progress)
+    chosen = {name: select_episodes(refs, episodes, model, name) for name, model in models}
+    total = sum(len(c) for c in chosen.values()) * (1 + len(wrappers))
+    bar = tqdm(total=total, desc="eval", unit="episode", disable=not progress)
     for name, model in models:
         try:
-            dataset = WindowDataset(refs, model.config.window_spec(window=1))
+            dataset = WindowDataset(chosen[name], model.config.window_spec(window=1))
         except SeqsenseError as e:
             raise SeqsenseError(f"Run '{name}' cannot be evaluated on these logs: {e}") from None
         variants = [(name, model.predictor())]

@@ -69,6 +69,7 @@ class GPConfig(ModelConfig):
     outputscale: float = 1.0  # initial prior variance, normalized target units²
     target_noise: float = 1e-2  # initial variance of the target around the latent GP, normalized units²
     min_meas_var: float = 1e-4  # floor of the encoder's per-tick measurement variance
+    detector_weight: float = 1.0  # weight of the per-tick measurement NLL added to the filtering NLL
     extra_steps: int = 50  # Adam steps on the hyper-parameters alone in fit_extra (0: none)
     extra_lr: float = 0.05
 
@@ -79,8 +80,8 @@ class GPConfig(ModelConfig):
         for name in ("outputscale", "target_noise", "min_meas_var", "extra_lr"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"GPConfig: {name} must be > 0, got {getattr(self, name)}.")
-        if self.lengthscale_s < 0 or self.extra_steps < 0:
-            raise ConfigError(f"GPConfig: lengthscale_s and extra_steps must be >= 0, got {self.lengthscale_s}, {self.extra_steps}.")
+        if self.lengthscale_s < 0 or self.extra_steps < 0 or self.detector_weight < 0:
+            raise ConfigError(f"GPConfig: lengthscale_s, extra_steps and detector_weight must be >= 0, got {self.lengthscale_s}, {self.extra_steps}, {self.detector_weight}.")
 
 
 @register_model("gp", GPConfig)
@@ -92,7 +93,9 @@ class GPModel(SequenceModel):
     and the target is y_t,d = f_d(t) + N(0, η_d) (η: the GaussianLikelihood noise). At each tick the
     state-space filter (exact, see `statespace`) gives p(f(t) | z_1..z_t) = N(m, P[0, 0]); the
     prediction is mean m, variance P[0, 0] + η. Training maximizes Σ_t log p(y_t | z_1..z_t), the
-    filtering (prediction-error) likelihood, end to end through encoder, kernels and noise.
+    filtering (prediction-error) likelihood, end to end through encoder, kernels and noise, plus
+    `detector_weight` × Σ_t log N(y_t; z_t, r_t): without that term the filter can settle early on
+    trusting its prior (large r, Kalman gain ≈ 0), which starves the encoder of gradient on frames.
     State: {"m": (B, D, s), "P": (B, D, s, s)} float64, starting at the stationary prior (0, P∞).
     """
 
@@ -129,7 +132,22 @@ class GPModel(SequenceModel):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Filtered predictions for every tick of windows (B, T, ...), each window from the prior."""
         z, r = self._measure(batch)  # (B, T, D)
-        A, Q = self.prior.discretize(batch["dt_s"])  # (B, T, D, s, s)
+        return self._filter(z, r, batch["dt_s"])
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Filtering NLL of the target plus the weighted per-tick measurement NLL (normalized units)."""
+        z, r = self._measure(batch)  # (B, T, D)
+        out = self._filter(z, r, batch["dt_s"])
+        valid = batch["target_valid"] & ~batch["tick_is_pad"]
+        y = (batch["target"] - self.target_mean) / self.target_std
+        mu = (out["mean"] - self.target_mean) / self.target_std
+        var = out["var"] / self.target_std**2
+        filt = 0.5 * (torch.log(var) + (y - mu) ** 2 / var)
+        det = 0.5 * (torch.log(r) + (y.double() - z) ** 2 / r)
+        return filt[valid].mean() + self.config.detector_weight * det[valid].mean().float()
+
+    def _filter(self, z: torch.Tensor, r: torch.Tensor, dt_s: torch.Tensor) -> dict[str, torch.Tensor]:
+        A, Q = self.prior.discretize(dt_s)  # (B, T, D, s, s)
         state = self.init_state(z.shape[0])
         m, P = state["m"], state["P"]
         ms, Ps = [], []
@@ -182,8 +200,8 @@ class GPModel(SequenceModel):
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
-                    first = float(loss) if first is None else first
-                    last, done = float(loss), done + 1
+                    first = float(loss.detach()) if first is None else first
+                    last, done = float(loss.detach()), done + 1
                     if done >= steps:
                         break
         finally:
