@@ -104,7 +104,7 @@ def test_claims_follow_the_measurements():
     results = {
         "cells": {
             "slideshow": _cell("slideshow", {}, "frame-independent is enough", {"framewise": 0.1, "transformer": 0.1, "gp": 0.1}),
-            "velocity": _cell("tracking", {"target": "velocity"}, "needs temporal modeling", {"framewise": 1.0, "transformer": 0.5}),
+            "velocity": dict(_cell("tracking", {"target": "velocity"}, "needs temporal modeling", {"framewise": 1.0, "transformer": 0.5}), inputs=["camera"]),
             "noise": _cell("tracking", {"pixel_noise": 0.25}, "needs temporal modeling", {"framewise": 0.1, "gp": 0.1}, {"gp": 0.01, "framewise": 0.05}),
         }
     }

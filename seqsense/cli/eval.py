@@ -36,8 +36,9 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_consumer_overrides(args.consumer)
     summary = evaluate_runs(args.runs, args.data, args.out, wrappers=wrappers, consumer_overrides=overrides, progress=not args.no_progress, episodes=args.episodes)
     cols = ["rmse", "nll", "coverage_90", "flicker", "tvr", "lag_s", "tracking.cost", "safety.cost", "intercept.cost", "latency_median_us"]
-    print(f"{'model':<28}" + "".join(f"{c:>16}" for c in cols))
+    widths = [max(10, len(c)) + 2 for c in cols]
+    print(f"{'model':<28}" + "".join(f"{c:>{w}}" for c, w in zip(cols, widths)))
     for name, row in summary["models"].items():
-        print(f"{name:<28}" + "".join(f"{row.get(c, float('nan')):>16.4g}" for c in cols))
+        print(f"{name:<28}" + "".join(f"{row.get(c, float('nan')):>{w}.4g}" for c, w in zip(cols, widths)))
     print(f"wrote {args.out}/metrics.csv and {args.out}/summary.json")
     return 0
