@@ -99,13 +99,14 @@ def need_plot(results: dict, consumer: str) -> bytes | None:
         if math.isfinite(lo) and math.isfinite(hi):
             ax.errorbar([i], [g], yerr=[[max(g - lo, 0.0)], [max(hi - g, 0.0)]], fmt="none", ecolor=color, capsize=3, zorder=2)
         ax.plot([i], [g], "o", color=color, label=label, zorder=3)
-    prev = None
+    prev, n_groups = None, 0
     for i, (scen, _, _) in enumerate(pts):
         if scen != prev:
             if i > 0:
                 ax.axvline(i - 0.5, color="#bbbbbb", lw=0.8, ls=":")
-            ax.text(i - 0.4, 1.01, scen, transform=ax.get_xaxis_transform(), fontsize=8, va="bottom", color="#444444")
-            prev = scen
+            y = 1.01 + 0.06 * (n_groups % 2)  # alternate heights so neighbouring names don't overlap
+            ax.text(i - 0.4, y, scen, transform=ax.get_xaxis_transform(), fontsize=8, va="bottom", color="#444444")
+            prev, n_groups = scen, n_groups + 1
     ax.set_xticks(range(len(pts)))
     ax.set_xticklabels([n for _, n, _ in pts], rotation=35, ha="right", fontsize=8)
     ax.set_xlim(-0.6, len(pts) - 0.4)
