@@ -3,7 +3,8 @@
 `TickEncoder` turns one tick's inputs into a feature vector of size `hidden`: each image stream goes
 through a small CNN (`FrameEncoder`), each vector/scalar stream is normalized with training-split
 statistics and joined with its age and validity, packed high-rate streams are encoded per slot and
-averaged over the real slots; a two-layer MLP fuses the lot. It accepts any leading axes, so the same
+averaged over the real slots; a two-layer MLP fuses the lot. The transformer family can swap the CNN
+for spatial self-attention over patches (`SpatialAttentionEncoder`). It accepts any leading axes, so the same
 module serves windows (B, T, ...) and streaming ticks (B, ...).
 """
 
@@ -39,11 +40,71 @@ class FrameEncoder(nn.Module):
         return self.proj(self.net(x).flatten(1))
 
 
+class SpatialAttentionEncoder(nn.Module):
+    """Self-attention across the patches of one frame: uint8 (N, H, W, C) -> (N, out_dim).
+
+    The spatial half of a factorized video transformer (ViViT): the frame is zero-padded to a multiple
+    of P and cut into P×P patches, each linearly embedded plus a learned position embedding;
+    `layers` pre-norm blocks (multi-head self-attention over the patches, then an MLP, both residual)
+    relate the parts of the frame, and the mean patch token is projected to out_dim. Attention over
+    time, across these frame tokens, is the transformer family's job.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], out_dim: int, patch: int = 8, heads: int = 2, layers: int = 1):
+        super().__init__()
+        h, w, c = shape
+        self.patch, self.heads = patch, heads
+        self.grid = ((h + patch - 1) // patch, (w + patch - 1) // patch)
+        d = out_dim
+        self.embed = nn.Linear(patch * patch * c, d)
+        self.pos = nn.Parameter(torch.randn(1, self.grid[0] * self.grid[1], d) * 0.02)
+        self.blocks = nn.ModuleList(
+            nn.ModuleDict(
+                {
+                    "ln1": nn.LayerNorm(d),
+                    "qkv": nn.Linear(d, 3 * d),
+                    "out": nn.Linear(d, d),
+                    "ln2": nn.LayerNorm(d),
+                    "mlp": nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d)),
+                }
+            )
+            for _ in range(layers)
+        )
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, h, w, c = x.shape
+        p, (gh, gw) = self.patch, self.grid
+        x = x.float() * (1.0 / 255.0) - 0.5
+        x = nn.functional.pad(x, (0, 0, 0, gw * p - w, 0, gh * p - h))  # (N, gh·P, gw·P, C)
+        tok = x.reshape(n, gh, p, gw, p, c).permute(0, 1, 3, 2, 4, 5).reshape(n, gh * gw, p * p * c)
+        tok = self.embed(tok) + self.pos  # (N, S, D), S patches
+        heads, dh = self.heads, tok.shape[-1] // self.heads
+        for blk in self.blocks:
+            q, k, v = blk["qkv"](blk["ln1"](tok)).reshape(n, -1, 3, heads, dh).permute(2, 0, 3, 1, 4)  # (N, heads, S, dh) each
+            att = torch.softmax(q @ k.transpose(-1, -2) * dh**-0.5, dim=-1)
+            tok = tok + blk["out"]((att @ v).transpose(1, 2).reshape(n, -1, heads * dh))
+            tok = tok + blk["mlp"](blk["ln2"](tok))
+        return self.norm(tok).mean(1)
+
+
 class TickEncoder(nn.Module):
     """Encodes one tick's input streams (any leading axes) into a (..., hidden) feature vector."""
 
-    def __init__(self, inputs, streams: dict[str, StreamInfo], normalization: dict, packed: dict, hidden: int, frame_channels: int):
+    def __init__(
+        self,
+        inputs,
+        streams: dict[str, StreamInfo],
+        normalization: dict,
+        packed: dict,
+        hidden: int,
+        frame_channels: int,
+        frame_encoder: str = "cnn",
+        patch: int = 8,
+    ):
         super().__init__()
+        if frame_encoder not in ("cnn", "attention"):
+            raise ValueError(f"frame_encoder must be 'cnn' or 'attention', got {frame_encoder!r}.")
         self.inputs = list(inputs)
         self.packed = dict(packed)
         self.kinds = {s: streams[s].kind for s in self.inputs}
@@ -54,7 +115,10 @@ class TickEncoder(nn.Module):
             info = streams[s]
             key = f"s{i}"
             if info.kind == "image":
-                self.frames[key] = FrameEncoder(tuple(info.shape), frame_channels, hidden)
+                if frame_encoder == "attention":
+                    self.frames[key] = SpatialAttentionEncoder(tuple(info.shape), hidden, patch=patch)
+                else:
+                    self.frames[key] = FrameEncoder(tuple(info.shape), frame_channels, hidden)
                 width += hidden + 2  # features, valid, age
                 continue
             d = max(1, int(torch.tensor(info.shape).prod().item()) if info.shape else 1)

@@ -34,12 +34,16 @@ class TransformerConfig(ModelConfig):
     heads: int = 2
     context: int = 0
     mlp_ratio: int = 2
+    spatial_attention: bool = False  # frames: patch self-attention per frame (factorized, as ViViT) instead of the CNN
+    patch: int = 8  # patch side in pixels for spatial attention
 
     def __post_init__(self):
         super().__post_init__()
         for name in ("layers", "heads", "mlp_ratio"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"TransformerConfig: {name} must be >= 1, got {getattr(self, name)}.")
+        if self.patch < 1:
+            raise ConfigError(f"TransformerConfig: patch must be >= 1 pixel, got {self.patch}.")
         if self.context < 0:
             raise ConfigError(f"TransformerConfig: context must be >= 0 (0 = window), got {self.context}.")
         if self.hidden % self.heads:
@@ -124,7 +128,8 @@ class TransformerModel(SequenceModel):
     def __init__(self, config: TransformerConfig, streams, normalization):
         super().__init__(config, streams, normalization)
         h = config.hidden
-        self.encoder = TickEncoder(config.inputs, streams, normalization, config.packed, h, config.frame_channels)
+        frames = "attention" if config.spatial_attention else "cnn"
+        self.encoder = TickEncoder(config.inputs, streams, normalization, config.packed, h, config.frame_channels, frames, config.patch)
         self.proj = nn.Linear(h + 1, h)
         w = config.context_ticks
         self.blocks = nn.ModuleList(Block(h, config.heads, w, config.mlp_ratio) for _ in range(config.layers))
