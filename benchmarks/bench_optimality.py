@@ -37,7 +37,7 @@ def main() -> None:
     train_log = generate("linear_gaussian", tmp / "train.h5", episodes=args.episodes, seed=0, duration_s=20.0, knobs=knobs)
     test_log = generate("linear_gaussian", tmp / "test.h5", episodes=8, seed=1, duration_s=20.0, knobs=knobs)
     overrides = {"steps": args.steps, "batch_size": 32, "window": 32, "hidden": 64, "val_every": max(1, args.steps // 5)}
-    print(f"| family | params | steps | train s | MSE / optimal MSE | RMSE |")
+    print("| family | params | steps | train s | MSE / optimal MSE | RMSE |")
     print("|---|---:|---:|---:|---:|---:|")
     for family in FAMILIES:
         t0 = time.perf_counter()

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from seqsense.errors import SeqsenseError
-from seqsense.report import headline_table, replace_marked_block, write_atomic
+from seqsense.fileio import write_atomic
+from seqsense.report import headline_table, replace_marked_block
 
 
 def load_results(path: Path) -> dict:

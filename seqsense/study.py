@@ -32,7 +32,8 @@ import numpy as np
 
 from seqsense import __version__
 from seqsense.errors import ConfigError, SeqsenseError
-from seqsense.evaluate.offline import check_writable, write_text_atomic
+from seqsense.evaluate.offline import check_writable
+from seqsense.fileio import write_atomic
 from seqsense.evaluate.verdict import INCONCLUSIVE
 from seqsense.log.format import NS_PER_S
 
@@ -94,7 +95,7 @@ def _json_safe(x):
 
 def write_json_atomic(path: Path, data) -> None:
     """Strict JSON (NaN as null) through a temporary file and a rename."""
-    write_text_atomic(path, json.dumps(_json_safe(data), indent=1))
+    write_atomic(path, json.dumps(_json_safe(data), indent=1))
 
 
 def _packed_inputs(cell: dict, log_path: Path) -> dict:
@@ -316,17 +317,33 @@ class Study:
             return None, f"error: {type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}"
 
     def _run_parallel(self, work: list, bar) -> list:
-        """Run (cell, seed) units in `jobs` processes, each with its share of the CPU threads."""
+        """Run (cell, seed) units in `jobs` processes, each with its share of the CPU threads.
+
+        Workers report progress through a queue, so the bar moves with every trained family.
+        """
         import concurrent.futures as cf
         import multiprocessing
+        import queue as queue_lib
 
         jobs = min(self.jobs, len(work))
         threads = max(1, (os.cpu_count() or 1) // jobs)
         ctx = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
-            futures = [pool.submit(_worker_unit, dataclasses.asdict(self.config), str(self.out), cell, seed) for cell, seed in work]
-            for fut in cf.as_completed(futures):
-                bar.update(self._units_per_cell())
+        with ctx.Manager() as manager, cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
+            events = manager.Queue()
+            config = dataclasses.asdict(self.config)
+            futures = [pool.submit(_worker_unit, config, str(self.out), cell, seed, events) for cell, seed in work]
+            pending = set(futures)
+            while pending:
+                done, pending = cf.wait(pending, timeout=0.5)
+                while True:
+                    try:
+                        kind, value = events.get_nowait()
+                    except queue_lib.Empty:
+                        break
+                    if kind == "update":
+                        bar.update(value)
+                    else:
+                        bar.set_postfix_str(value)
             return [f.result() for f in futures]
 
     def aggregate(self, per_cell: dict[str, list[dict]], errors: dict[str, str], elapsed_s: float) -> dict:
@@ -377,10 +394,23 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _worker_unit(config: dict, out_dir: str, cell: dict, seed: int):
+class _QueueBar:
+    """The part of a tqdm bar a worker uses, forwarded to the parent's bar through a queue."""
+
+    def __init__(self, events):
+        self.events = events
+
+    def update(self, n: int = 1) -> None:
+        self.events.put(("update", n))
+
+    def set_postfix_str(self, text: str) -> None:
+        self.events.put(("postfix", text))
+
+
+def _worker_unit(config: dict, out_dir: str, cell: dict, seed: int, events=None):
     """One (cell, seed) in a worker process: (result, error) as in Study._run_unit."""
     study = Study(StudyConfig(**config), out_dir, progress=False, log=lambda *_: None)
-    return study._run_unit(cell, seed)
+    return study._run_unit(cell, seed, _QueueBar(events) if events is not None else None)
 
 
 def summarize_cell(results: list[dict], memoryless: list[str], config: StudyConfig) -> dict:

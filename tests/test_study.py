@@ -26,8 +26,8 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     recipe = tmp_path / "tiny.json"
     recipe.write_text(json.dumps(TINY))
     out = tmp_path / "out"
-    args = ["study", "--recipe", str(recipe), "--out", str(out), "--jobs", "1", "--no-progress", *SETTINGS, "--set", "families=framewise,rnn,kalman"]
-    assert main(args) == 0
+    args = ["study", "--recipe", str(recipe), "--out", str(out), "--no-progress", *SETTINGS, "--set", "families=framewise,rnn,kalman"]
+    assert main([*args, "--jobs", "1"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["cells"]) == {"slideshow", "lg"}
     for name, cell in results["cells"].items():
@@ -46,7 +46,7 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     (out / "cells" / "lg" / "seed0" / "eval.json").unlink()
     stamp = (out / "cells" / "slideshow" / "seed0" / "eval.json").stat().st_mtime_ns
     runs = sorted(p.stat().st_mtime_ns for p in out.glob("cells/*/seed0/runs/*/best.json"))
-    assert main(args) == 0
+    assert main([*args, "--jobs", "2"]) == 0  # resumed in 2 worker processes
     assert (out / "cells" / "slideshow" / "seed0" / "eval.json").stat().st_mtime_ns == stamp
     assert sorted(p.stat().st_mtime_ns for p in out.glob("cells/*/seed0/runs/*/best.json")) == runs
     assert json.loads((out / "results.json").read_text())["cells"]["lg"]["status"] == "done"

@@ -13,6 +13,7 @@ from seqsense.dataset import WindowDataset, episode_refs, resolve_paths
 from seqsense.errors import ConfigError, SeqsenseError
 from seqsense.evaluate.replay import evaluate_predictor, mean_row
 from seqsense.evaluate.wrappers import ExponentialSmoothing, TemporalEnsemble
+from seqsense.fileio import write_atomic
 
 WRAPPERS = {"ema": ExponentialSmoothing, "ensemble": TemporalEnsemble}
 
@@ -63,16 +64,6 @@ def check_writable(out_dir: str | os.PathLike) -> Path:
     if not os.access(out, os.W_OK | os.X_OK):
         raise SeqsenseError(f"Output folder '{out}' is not writable; choose another --out.")
     return out
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def rows_to_csv(rows: list[dict]) -> str:
@@ -133,6 +124,6 @@ def evaluate_runs(run_dirs, data, out_dir, wrappers=(), consumer_overrides=None,
             all_rows += rows
             summary["models"][label] = {"family": model.family, "num_parameters": model.num_parameters(), **mean_row(rows)}
     bar.close()
-    write_text_atomic(out / "metrics.csv", rows_to_csv(all_rows))
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1, default=float))
+    write_atomic(out / "metrics.csv", rows_to_csv(all_rows))
+    write_atomic(out / "summary.json", json.dumps(summary, indent=1, default=float))
     return summary

@@ -24,6 +24,7 @@ from seqsense import __version__
 from seqsense.config import config_from_dict, config_to_dict
 from seqsense.dataset import StreamInfo
 from seqsense.errors import CheckpointError, SeqsenseError
+from seqsense.fileio import write_atomic
 
 CHECKPOINT_FORMAT = "seqsense-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -37,19 +38,6 @@ def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     if p.suffix in (".json", ".safetensors"):
         p = p.with_suffix("")
     return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to `path` through a temporary file in the same folder and os.replace."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def versions() -> dict:

@@ -8,11 +8,10 @@ the compact per-cell table also used for the README (`scripts/readme_table.py`).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from seqsense.errors import SeqsenseError
+from seqsense.fileio import write_atomic
 from seqsense.report import tables as tb
 from seqsense.report.html import render_html
 from seqsense.report.markdown import render_markdown, table_md
@@ -20,7 +19,7 @@ from seqsense.report.markdown import render_markdown, table_md
 HEADLINE_START = "<!-- headline:start -->"
 HEADLINE_END = "<!-- headline:end -->"
 
-__all__ = ["write_report", "headline_table", "replace_marked_block", "build_sections", "write_atomic", "HEADLINE_START", "HEADLINE_END"]
+__all__ = ["write_report", "headline_table", "replace_marked_block", "build_sections", "HEADLINE_START", "HEADLINE_END"]
 
 
 def headline_table(results: dict) -> str:
@@ -170,25 +169,6 @@ def _figures(blocks: list) -> list[tb.Figure]:
         elif isinstance(b, tb.Section):
             out += _figures(b.blocks)
     return out
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and os.replace; the file
-    keeps the mode of the one it replaces (0644 for a new one)."""
-    path = Path(path)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def write_report(results: dict, out_dir: Path) -> None:
