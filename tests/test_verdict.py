@@ -87,3 +87,13 @@ def test_rank_agreement():
     assert math.isnan(two["p_value"])
     with pytest.raises(ValueError, match="at least two"):
         rank_agreement({"a": 1.0}, {"a": 1.0})
+
+
+def test_zero_costs_give_a_bounded_gap():
+    """A perfect memoryless model (cost 0, e.g. a monitor with no alarm errors) gives gap −1, not −inf."""
+    costs = {"framewise": np.zeros(6), "gru": np.array([0.0, 1.0, 0.0, 2.0, 0.0, 1.0])}
+    res = temporal_gap(costs, memoryless=["framewise"], n_boot=200)
+    assert res.gap == -1.0 and -1.0 <= res.ci_low <= res.ci_high <= 0.0
+    assert res.verdict == "frame-independent is enough"
+    both_zero = temporal_gap({"framewise": np.zeros(4), "gru": np.zeros(4)}, memoryless=["framewise"], n_boot=50)
+    assert both_zero.gap == 0.0 and both_zero.verdict == "frame-independent is enough"

@@ -4,9 +4,12 @@ Input: for each model, its consumer cost per seed and episode, an array (S, E) (
 seed), all models on the same episodes in the same order and with the same number of seeds. A
 model's cost is the mean over its cells. With M the memoryless models and T the temporal ones:
 
-    gap = (min_{m∈M} cost_m − min_{t∈T} cost_t) / min_{m∈M} cost_m
+    gap = (c_M − c_T) / max(c_M, c_T),   c_M = min_{m∈M} cost_m,  c_T = min_{t∈T} cost_t
 
-gap > 0: the best temporal model is cheaper by that fraction of the memoryless cost.
+gap > 0: the best temporal model is cheaper by that fraction of the memoryless cost. Dividing by
+the larger cost keeps the gap in [−1, 1] (0 when both costs are 0): a consumer whose cost can be
+exactly zero (a safety monitor with no false alarm and no miss) would otherwise give −∞ whenever
+the memoryless model is perfect. For gap > 0 this is the plain (c_M − c_T) / c_M.
 
 Confidence interval: percentile bootstrap with paired resampling: each replicate draws E episode
 indices and S seed indices with replacement, the same draws for every model (episodes are shared,
@@ -74,9 +77,8 @@ def _cost_table(costs: Mapping[str, Sequence]) -> tuple[list[str], np.ndarray]:
 
 
 def _gap(ml: float, tmp: float) -> float:
-    if ml == 0:
-        return 0.0 if tmp == 0 else -math.inf
-    return (ml - tmp) / ml
+    top = max(ml, tmp)
+    return 0.0 if top == 0 else (ml - tmp) / top
 
 
 def verdict_from_ci(ci_low: float, ci_high: float, margin: float = 0.05) -> str:
