@@ -207,6 +207,7 @@ class Study:
             if bar is not None:
                 bar.update(self._units_per_cell())
             return json.loads(path.read_text())
+        t0 = time.perf_counter()
         train_log, test_log = self.logs(cell, seed)
         if bar is not None:
             bar.update(1)
@@ -246,6 +247,7 @@ class Study:
             "seed": seed,
             "target_var": float(np.var(np.concatenate(truth), axis=0).mean()) if truth and truth[0].ndim == 2 else None,
             "target_fields": dataset.index(0).streams[cell["target"]].fields,
+            "seconds": time.perf_counter() - t0,
             "models": models,
             "rows": rows,
             "example": self._example(examples, dataset),
@@ -376,7 +378,8 @@ class Study:
             "seed": c.seeds[0],
             "seeds": list(c.seeds),
             "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "elapsed_s": elapsed_s,
+            "elapsed_s": elapsed_s,  # this invocation; cells finished by an earlier one were loaded
+            "compute_s": sum(r.get("seconds", 0.0) for res in per_cell.values() for r in res),
             "machine": machine_info(),
             "budget": {"steps": c.steps, "time_budget_s": c.time_budget_s, "batch_size": c.batch_size, "window": c.window, "hidden": c.hidden},
             "families": list(c.families),
