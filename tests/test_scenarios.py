@@ -138,7 +138,8 @@ def test_recipes_validate_and_quick_is_small():
     for c in quick:
         if "camera" in c["inputs"]:
             assert c["knobs"]["image_size"] == 32
-        assert c["episodes"] * c["duration_s"] <= 200
+        # Generation is cheap and training budgets are in steps; the slideshow cell needs many distinct slides.
+        assert c["episodes"] * c["duration_s"] <= 500
     lg = [c for c in quick if c["scenario"] == "linear_gaussian"]
     assert {c["knobs"]["frames"] for c in lg} == {True, False}
     assert all(c["optimal"] == "optimal/filter_mean" for c in lg)
