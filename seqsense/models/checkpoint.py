@@ -71,15 +71,20 @@ def save_checkpoint(model, path_stem: str | os.PathLike, extra: dict | None = No
     return weights_path, meta_path
 
 
+def _read_json(meta_path: Path, missing: str, what: str):
+    """Parsed JSON of `meta_path`; CheckpointError with `missing` if absent, naming `what` if unreadable."""
+    if not meta_path.exists():
+        raise CheckpointError(missing)
+    try:
+        return json.loads(meta_path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{what} '{meta_path}' is not valid JSON ({e}); the file is truncated or corrupted.") from None
+
+
 def read_checkpoint_meta(path: str | os.PathLike) -> dict:
     """The JSON half of a checkpoint, checked for format and version."""
     _, meta_path = checkpoint_paths(path)
-    if not meta_path.exists():
-        raise CheckpointError(f"Checkpoint '{meta_path}' does not exist (expected NAME.json beside NAME.safetensors).")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"Checkpoint '{meta_path}' is not valid JSON ({e}); the file is truncated or corrupted.") from None
+    meta = _read_json(meta_path, f"Checkpoint '{meta_path}' does not exist (expected NAME.json beside NAME.safetensors).", "Checkpoint")
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"'{meta_path}' is not a seqsense checkpoint (no format={CHECKPOINT_FORMAT!r}).")
     if int(meta.get("format_version", -1)) != CHECKPOINT_VERSION:
@@ -164,12 +169,7 @@ def save_train_state(path_stem: str | os.PathLike, model, optimizer: torch.optim
 def read_train_state_info(path_stem: str | os.PathLike) -> dict:
     """The JSON half of a train state (step, config, ...), without touching the tensors."""
     _, meta_path = checkpoint_paths(path_stem)
-    if not meta_path.exists():
-        raise CheckpointError(f"Cannot resume: '{meta_path}' does not exist (was the run started with this --out?).")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"Cannot resume: '{meta_path}' is not valid JSON ({e}); the file is truncated or corrupted.") from None
+    meta = _read_json(meta_path, f"Cannot resume: '{meta_path}' does not exist (was the run started with this --out?).", "Cannot resume: train state")
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT + "-train-state" or "step" not in meta:
         raise CheckpointError(f"Cannot resume: '{meta_path}' is not a seqsense train state.")
     return meta
