@@ -31,7 +31,7 @@ class TransformerConfig(ModelConfig):
     """Transformer hyper-parameters; `context` is W, the ticks a step attends to (0: use `window`)."""
 
     layers: int = 2
-    heads: int = 2
+    heads: int = 4  # each head has its own ALiBi decay rate: more heads, a richer set of temporal kernels
     context: int = 0
     mlp_ratio: int = 2
     spatial_attention: bool = False  # frames: patch self-attention per frame (factorized, as ViViT) instead of the CNN
