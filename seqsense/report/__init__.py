@@ -64,6 +64,7 @@ def _title(results: dict) -> tuple[str, str]:
         f"seqsense {tb.text(results.get('seqsense_version'))}",
         f"machine: {machine or tb.DASH}",
         f"elapsed {tb.fmt_duration(results.get('elapsed_s'))}",
+        f"cell compute {tb.fmt_duration(results['compute_s'])} (resumed cells included)" if results.get("compute_s") else "",
         f"seed {tb.text(results.get('seed'))}",
         f"created {results['created_utc']}" if results.get("created_utc") else "",
     ])
@@ -105,7 +106,8 @@ def build_sections(results: dict) -> list[tb.Section]:
 
     sections.append(tb.Section("Headline", [
         f"Per cell: the best memoryless model ({memoryless}) and the best temporal model by mean tracking cost "
-        f"(lower is better), the relative gap (memoryless − temporal) / memoryless with its 95% bootstrap CI, and "
+        f"(lower is better), the relative gap (memoryless − temporal) / memoryless (divided by the larger cost when "
+        f"the temporal model is the costlier, so the gap stays within ±100 %) with its 95% bootstrap CI, and "
         f"the verdict per consumer (margin {tb.fmt(margin)}).",
         tb.headline(results)]))
 

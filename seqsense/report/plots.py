@@ -111,7 +111,7 @@ def need_plot(results: dict, consumer: str) -> bytes | None:
     ax.set_xticklabels([n for _, n, _ in pts], rotation=35, ha="right", fontsize=8)
     ax.set_xlim(-0.6, len(pts) - 0.4)
     ax.set_ylabel("gap (fraction of memoryless cost)")
-    ax.set_title(f"Need for temporal modeling — {consumer} consumer (95% CI)", pad=16)
+    ax.set_title(f"Need for temporal modeling — {consumer} consumer (95% CI)", pad=28)
     ax.legend(fontsize=7, loc="best")
     return to_png(fig)
 
