@@ -24,7 +24,7 @@ import torch
 
 from seqsense.dataset import StreamInfo
 from seqsense.models import statespace as ss
-from seqsense.models.gp import GPConfig, GPModel
+from seqsense.models.gp import DenseMaternGP, GPConfig, GPModel
 
 
 def cpu_model() -> str:
@@ -93,18 +93,6 @@ def bench_state_space(nu: float, checkpoints: list[int], timed: int = 2000) -> d
     return out
 
 
-class DenseGP(gpytorch.models.ExactGP):
-    """gpytorch ExactGP: zero mean, ScaleKernel(MaternKernel(nu))."""
-
-    def __init__(self, x, y, likelihood, nu):
-        super().__init__(x, y, likelihood)
-        self.mean_module = gpytorch.means.ZeroMean()
-        self.covar_module = gpytorch.kernels.ScaleKernel(gpytorch.kernels.MaternKernel(nu=nu))
-
-    def forward(self, x):
-        return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
-
-
 @torch.no_grad()
 def bench_gpytorch(nu: float, n: int, repeats: int = 20) -> dict[str, tuple[float, float]]:
     """Per-step cost at n points: fantasy update + predictive, and the dense posterior from scratch."""
@@ -112,7 +100,7 @@ def bench_gpytorch(nu: float, n: int, repeats: int = 20) -> dict[str, tuple[floa
     t = torch.tensor(np.cumsum(rng.uniform(0.02, 0.08, n + 1)), dtype=torch.float32)
     y = torch.sin(t) + 0.1 * torch.randn(n + 1)
     lik = gpytorch.likelihoods.GaussianLikelihood()
-    model = DenseGP(t[:n, None], y[:n], lik, nu).eval()
+    model = DenseMaternGP(t[:n, None], y[:n], lik, nu).eval()
     model(t[n:, None])  # build the prediction caches once
     fantasy, dense = [], []
     for _ in range(repeats):

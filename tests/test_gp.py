@@ -9,28 +9,17 @@ import pytest
 import torch
 
 from seqsense.models import statespace as ss
-from seqsense.models.gp import MaternPrior, fit_matern_hyperparameters, fit_svgp
+
+from seqsense.models.gp import DenseMaternGP, MaternPrior, fit_matern_hyperparameters, fit_svgp
 from test_kalman import build, stream_through, train, write_linear_gaussian_log
 
 NUS = (0.5, 1.5, 2.5)
 
 
-class DenseGP(gpytorch.models.ExactGP):
-    """gpytorch's exact GP: zero mean, ScaleKernel(MaternKernel(nu))."""
-
-    def __init__(self, x, y, likelihood, nu):
-        super().__init__(x, y, likelihood)
-        self.mean_module = gpytorch.means.ZeroMean()
-        self.covar_module = gpytorch.kernels.ScaleKernel(gpytorch.kernels.MaternKernel(nu=nu))
-
-    def forward(self, x):
-        return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
-
-
 def dense_gp(t, y, nu, ell, sig2, noise):
     """A float64 gpytorch ExactGP with the given hyper-parameters, in eval mode."""
     lik = gpytorch.likelihoods.GaussianLikelihood().double()
-    model = DenseGP(t[:, None], y, lik, nu).double()
+    model = DenseMaternGP(t[:, None], y, lik, nu).double()
     model.covar_module.base_kernel.lengthscale = ell
     model.covar_module.outputscale = sig2
     lik.noise = noise

@@ -245,6 +245,23 @@ def fit_matern_hyperparameters(t_s, y, nu: float = 1.5, steps: int = 200, lr: fl
         return {"lengthscale_s": float(prior.lengthscale), "outputscale": float(prior.outputscale), "noise": float(lik.noise), "losses": losses}
 
 
+
+class DenseMaternGP(gpytorch.models.ExactGP):
+    """gpytorch's exact (dense) GP with zero mean and ScaleKernel(MaternKernel(nu)).
+
+    The reference the state-space filter is checked against, and the cost it avoids: its posterior
+    (or `get_fantasy_model`) grows with the history, the filter's step does not.
+    """
+
+    def __init__(self, x, y, likelihood, nu: float):
+        super().__init__(x, y, likelihood)
+        self.mean_module = gpytorch.means.ZeroMean()
+        self.covar_module = gpytorch.kernels.ScaleKernel(gpytorch.kernels.MaternKernel(nu=nu))
+
+    def forward(self, x):
+        return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
+
+
 class _SVGP(gpytorch.models.ApproximateGP):
     """Sparse variational GP over time: M inducing times, Cholesky variational q(u), Matérn kernel."""
 

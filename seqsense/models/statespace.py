@@ -105,6 +105,20 @@ def predict(m: torch.Tensor, P: torch.Tensor, A: torch.Tensor, Q: torch.Tensor):
     return m, 0.5 * (P + P.transpose(-1, -2))
 
 
+def _keep_where_invalid(valid, old, new):
+    """(m, P, ll) of an update, with rows where `valid` is False keeping their old state and ll = 0."""
+    m_new, P_new, ll = new
+    if valid is None:
+        return m_new, P_new, ll
+    m, P = old
+    ok = valid.to(torch.bool)
+    return (
+        torch.where(ok.unsqueeze(-1), m_new, m),
+        torch.where(ok[..., None, None], P_new, P),
+        torch.where(ok, ll, torch.zeros_like(ll)),
+    )
+
+
 def update_first(m: torch.Tensor, P: torch.Tensor, z: torch.Tensor, r: torch.Tensor, valid: torch.Tensor | None = None):
     """Kalman update with a scalar measurement z = x[0] + N(0, r) per leading index: m (..., s), z/r (...,).
 
@@ -118,14 +132,7 @@ def update_first(m: torch.Tensor, P: torch.Tensor, z: torch.Tensor, r: torch.Ten
     P_new = P - K.unsqueeze(-1) * K.unsqueeze(-2) * S[..., None, None]
     P_new = 0.5 * (P_new + P_new.transpose(-1, -2))
     ll = -0.5 * (LOG_2PI + torch.log(S) + v**2 / S)
-    if valid is None:
-        return m_new, P_new, ll
-    ok = valid.to(torch.bool)
-    return (
-        torch.where(ok.unsqueeze(-1), m_new, m),
-        torch.where(ok[..., None, None], P_new, P),
-        torch.where(ok, ll, torch.zeros_like(ll)),
-    )
+    return _keep_where_invalid(valid, (m, P), (m_new, P_new, ll))
 
 
 def update(m: torch.Tensor, P: torch.Tensor, z: torch.Tensor, H: torch.Tensor, R: torch.Tensor, valid: torch.Tensor | None = None):
@@ -147,14 +154,7 @@ def update(m: torch.Tensor, P: torch.Tensor, z: torch.Tensor, H: torch.Tensor, R
     w = torch.cholesky_solve(v.unsqueeze(-1), L).squeeze(-1)  # (B, m) = S⁻¹ v
     logdet = 2.0 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
     ll = -0.5 * (v.shape[-1] * LOG_2PI + logdet + (v * w).sum(-1))  # (B,)
-    if valid is None:
-        return m_new, P_new, ll
-    ok = valid.to(torch.bool)
-    return (
-        torch.where(ok.unsqueeze(-1), m_new, m),
-        torch.where(ok[..., None, None], P_new, P),
-        torch.where(ok, ll, torch.zeros_like(ll)),
-    )
+    return _keep_where_invalid(valid, (m, P), (m_new, P_new, ll))
 
 
 def matern_filter(t_s: torch.Tensor, y: torch.Tensor, nu: float, lengthscale, outputscale, noise):
