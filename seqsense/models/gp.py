@@ -245,7 +245,6 @@ def fit_matern_hyperparameters(t_s, y, nu: float = 1.5, steps: int = 200, lr: fl
         return {"lengthscale_s": float(prior.lengthscale), "outputscale": float(prior.outputscale), "noise": float(lik.noise), "losses": losses}
 
 
-
 class DenseMaternGP(gpytorch.models.ExactGP):
     """gpytorch's exact (dense) GP with zero mean and ScaleKernel(MaternKernel(nu)).
 
