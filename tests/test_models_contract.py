@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import numpy as np
 import pytest
@@ -138,3 +139,18 @@ def test_memoryless_flag_is_honest(family, tiny_log):
     rev = {k: v[::-1].copy() for k, v in seq.items()}
     a, b = model.predict(seq), model.predict(rev)
     np.testing.assert_allclose(a["mean"][::-1], b["mean"], atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="torch.compile needs a C++ compiler")
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_compiled_predictor_equals_eager(family, tiny_log):
+    model, ds = _build(family, "vector", tiny_log)
+    eager, compiled = model.predictor(), model.predictor(compile=True)
+    for _ in range(2):  # twice: reset() must also work on the compiled one
+        eager.reset()
+        compiled.reset()
+        for tick in ds.iter_ticks(0):
+            a, b = eager.step(tick), compiled.step(tick)
+            np.testing.assert_allclose(b.mean, a.mean, atol=1e-5, rtol=1e-5, err_msg=family)
+            np.testing.assert_allclose(b.var, a.var, atol=1e-5, rtol=1e-5, err_msg=family)

@@ -65,7 +65,7 @@ class SpatialAttentionEncoder(nn.Module):
                     "qkv": nn.Linear(d, 3 * d),
                     "out": nn.Linear(d, d),
                     "ln2": nn.LayerNorm(d),
-                    "mlp": nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d)),
+                    "mlp": nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(approximate="tanh"), nn.Linear(2 * d, d)),
                 }
             )
             for _ in range(layers)
@@ -126,11 +126,11 @@ class TickEncoder(nn.Module):
             self.register_buffer(f"{key}_mean", torch.tensor(stats["mean"], dtype=torch.float32))
             self.register_buffer(f"{key}_std", torch.tensor(stats["std"], dtype=torch.float32))
             if s in self.packed:
-                self.slots[key] = nn.Sequential(nn.Linear(d + 1, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+                self.slots[key] = nn.Sequential(nn.Linear(d + 1, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, hidden))
                 width += hidden + 1  # mean slot feature + fraction of real slots
             else:
                 width += d + 2  # value, age, valid
-        self.fuse = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        self.fuse = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, hidden))
         self.out_dim = hidden
 
     def forward(self, tick: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -41,7 +41,7 @@ class FramewiseModel(SequenceModel):
         self.encoder = TickEncoder(config.inputs, streams, normalization, config.packed, h, config.frame_channels)
         layers = []
         for _ in range(config.mlp_layers):
-            layers += [nn.Linear(h, h), nn.GELU()]
+            layers += [nn.Linear(h, h), nn.GELU(approximate="tanh")]
         self.mlp = nn.Sequential(*layers)
         self.head = PredictionHead(h, self.target_dim, self.discrete)
 

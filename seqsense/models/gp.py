@@ -116,6 +116,8 @@ class GPModel(SequenceModel):
             batch_shape=torch.Size([d]), noise_constraint=gpytorch.constraints.GreaterThan(1e-6)
         )
         self.likelihood.noise = torch.full((d, 1), float(config.target_noise))
+        self._hyper_params = self.hyperparameters()
+        self._constants_cache: tuple | None = None  # (key, constants), see `_constants`
 
     @property
     def detector_weight(self) -> float:
@@ -133,8 +135,25 @@ class GPModel(SequenceModel):
         out = self.head(self.encoder(x))
         return out["mean"].double(), out["var"].double()
 
-    def _output(self, m: torch.Tensor, P: torch.Tensor) -> dict[str, torch.Tensor]:
-        noise = self.likelihood.noise.reshape(-1).double()  # (D,)
+    def _constants(self) -> tuple:
+        """(F, P∞) (D, s, s), `nilpotent_part(F)` and the target noise η (D,), float64, from the hyper-parameters.
+
+        Without gradients (streaming, evaluation) they are kept while the hyper-parameters stay the
+        same storage at the same version, so a step skips gpytorch's constraint transforms and the SDE
+        assembly (about a third of a sensor-only step).
+        """
+        if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return self._compute_constants()
+        key = tuple((p.data_ptr(), p._version) for p in self._hyper_params)
+        if self._constants_cache is None or self._constants_cache[0] != key:
+            self._constants_cache = (key, self._compute_constants())
+        return self._constants_cache[1]
+
+    def _compute_constants(self) -> tuple:
+        F, Pinf = self.prior.sde()
+        return F, Pinf, ss.nilpotent_part(F), self.likelihood.noise.reshape(-1).double()
+
+    def _output(self, m: torch.Tensor, P: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {"mean": m[..., 0].float(), "var": (P[..., 0, 0] + noise).float()}
         return self.denormalize(out)
 
@@ -156,20 +175,21 @@ class GPModel(SequenceModel):
         return filt[valid].mean() + self.detector_weight * det[valid].mean().float()
 
     def _filter(self, z: torch.Tensor, r: torch.Tensor, dt_s: torch.Tensor) -> dict[str, torch.Tensor]:
-        A, Q = self.prior.discretize(dt_s)  # (B, T, D, s, s)
+        F, Pinf, parts, noise = self._constants()
+        A = ss.stationary_transition(F, dt_s, parts)  # (B, T, D, s, s)
         state = self.init_state(z.shape[0])
         m, P = state["m"], state["P"]
         ms, Ps = [], []
         for t in range(z.shape[1]):
-            m, P = ss.predict(m, P, A[:, t], Q[:, t])
-            m, P, _ = ss.update_first(m, P, z[:, t], r[:, t])
+            m, P = ss.predict_stationary(m, P, A[:, t], Pinf)
+            m, P, _ = ss.update_first(m, P, z[:, t], r[:, t], loglik=False)
             ms.append(m)
             Ps.append(P)
-        return self._output(torch.stack(ms, 1), torch.stack(Ps, 1))  # (B, T, D)
+        return self._output(torch.stack(ms, 1), torch.stack(Ps, 1), noise)  # (B, T, D)
 
     def init_state(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
         """Stationary prior: m = 0 (B, D, s), P = P∞ (B, D, s, s), float64."""
-        _, Pinf = self.prior.sde()
+        Pinf = self._constants()[1]
         d, s = Pinf.shape[0], Pinf.shape[-1]
         m = torch.zeros(batch_size, d, s, dtype=torch.float64, device=Pinf.device)
         return {"m": m, "P": Pinf.unsqueeze(0).expand(batch_size, d, s, s).clone()}
@@ -177,10 +197,11 @@ class GPModel(SequenceModel):
     def step(self, tick: dict[str, torch.Tensor], state: dict[str, torch.Tensor]):
         """One tick (B, ...): predict over the tick's dt_s, update with z_t -> (out (B, D), state)."""
         z, r = self._measure(tick)  # (B, D)
-        A, Q = self.prior.discretize(tick["dt_s"])  # (B, D, s, s)
-        m, P = ss.predict(state["m"], state["P"], A, Q)
-        m, P, _ = ss.update_first(m, P, z, r)
-        return self._output(m, P), {"m": m, "P": P}
+        F, Pinf, parts, noise = self._constants()
+        A = ss.stationary_transition(F, tick["dt_s"], parts)  # (B, D, s, s)
+        m, P = ss.predict_stationary(state["m"], state["P"], A, Pinf)
+        m, P, _ = ss.update_first(m, P, z, r, loglik=False)
+        return self._output(m, P, noise), {"m": m, "P": P}
 
     def hyperparameters(self) -> list[nn.Parameter]:
         """The GP's own parameters: raw lengthscale, outputscale and target noise."""

@@ -77,23 +77,34 @@ def matern_sde(nu: float, lengthscale: torch.Tensor, outputscale: torch.Tensor):
     return F, P
 
 
-def discretize_stationary(F: torch.Tensor, Pinf: torch.Tensor, dt_s: torch.Tensor):
-    """Exact A = expm(F Δt) and Q = P∞ − A P∞ Aᵀ, each (..., D, s, s), for a Matérn F (D, s, s), Δt (...,).
-
-    F's only eigenvalue is −λ (s-fold), so N = F + λI is nilpotent and the exponential has the closed
-    form A = e^(−λΔt) Σ_{k<s} (N Δt)^k / k!  (no `matrix_exp`, which ONNX lacks).
-    """
+def nilpotent_part(F: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """λ (D,) and the nilpotent N = F + λI (D, s, s) of a Matérn feedback matrix F (D, s, s)."""
     s = F.shape[-1]
-    lam = -F[:, s - 1, s - 1] / s  # (D,): the last diagonal entry is −s λ
-    eye = torch.eye(s, dtype=F.dtype, device=F.device)
-    N = F + lam[:, None, None] * eye  # (D, s, s), N^s = 0
+    lam = -F[:, s - 1, s - 1] / s  # the last diagonal entry is −s λ
+    return lam, F + lam[:, None, None] * torch.eye(s, dtype=F.dtype, device=F.device)
+
+
+def stationary_transition(F: torch.Tensor, dt_s: torch.Tensor, parts: tuple | None = None) -> torch.Tensor:
+    """Exact A = expm(F Δt), (..., D, s, s), for a Matérn F (D, s, s) and steps Δt (...,).
+
+    F's only eigenvalue is −λ (s-fold), so N = F + λI is nilpotent (N^s = 0) and the exponential has
+    the closed form A = e^(−λΔt) Σ_{k<s} (N Δt)^k / k!  (no `matrix_exp`, which ONNX lacks).
+    `parts` = `nilpotent_part(F)` when the caller keeps it.
+    """
+    lam, N = parts if parts is not None else nilpotent_part(F)
+    s = F.shape[-1]
     dt = dt_s.to(F.dtype).clamp(min=0.0)[..., None, None, None]  # (..., 1, 1, 1)
-    A = eye.expand_as(N) + 0.0 * dt
-    term = eye.expand_as(N)
-    for k in range(1, s):
-        term = term @ N * (dt / k)  # (N Δt)^k / k!
-        A = A + term
-    A = torch.exp(-lam[:, None, None] * dt) * A  # (..., D, s, s)
+    A = torch.eye(s, dtype=F.dtype, device=F.device) + N * dt
+    term = N
+    for k in range(2, s):
+        term = term @ N
+        A = A + term * (dt**k / math.factorial(k))  # (N Δt)^k / k!
+    return torch.exp(-lam[:, None, None] * dt) * A  # (..., D, s, s)
+
+
+def discretize_stationary(F: torch.Tensor, Pinf: torch.Tensor, dt_s: torch.Tensor):
+    """Exact A = expm(F Δt) and Q = P∞ − A P∞ Aᵀ, each (..., D, s, s), for a Matérn F (D, s, s), Δt (...,)."""
+    A = stationary_transition(F, dt_s)
     Q = Pinf - A @ Pinf @ A.transpose(-1, -2)
     return A, 0.5 * (Q + Q.transpose(-1, -2))
 
@@ -102,6 +113,13 @@ def predict(m: torch.Tensor, P: torch.Tensor, A: torch.Tensor, Q: torch.Tensor):
     """Kalman predict for states m (..., n) and covariances P (..., n, n)."""
     m = (A @ m.unsqueeze(-1)).squeeze(-1)
     P = A @ P @ A.transpose(-1, -2) + Q
+    return m, 0.5 * (P + P.transpose(-1, -2))
+
+
+def predict_stationary(m: torch.Tensor, P: torch.Tensor, A: torch.Tensor, Pinf: torch.Tensor):
+    """Kalman predict of a stationary model, Q = P∞ − A P∞ Aᵀ folded in: P⁻ = A (P − P∞) Aᵀ + P∞."""
+    m = (A @ m.unsqueeze(-1)).squeeze(-1)
+    P = A @ (P - Pinf) @ A.transpose(-1, -2) + Pinf
     return m, 0.5 * (P + P.transpose(-1, -2))
 
 
@@ -119,20 +137,21 @@ def _keep_where_invalid(valid, old, new):
     )
 
 
-def update_first(m: torch.Tensor, P: torch.Tensor, z: torch.Tensor, r: torch.Tensor, valid: torch.Tensor | None = None):
+def update_first(m: torch.Tensor, P: torch.Tensor, z: torch.Tensor, r: torch.Tensor, valid: torch.Tensor | None = None, loglik: bool = True):
     """Kalman update with a scalar measurement z = x[0] + N(0, r) per leading index: m (..., s), z/r (...,).
 
-    Returns (m, P, log-likelihood (...,)); where `valid` is False the state is kept and the
-    log-likelihood is 0.
+    Returns (m, P, log-likelihood (...,), or None when `loglik` is False); where `valid` is False the
+    state is kept and the log-likelihood is 0. P − S K Kᵀ stays exactly symmetric when P is (K_i K_j =
+    K_j K_i in floating point), so no symmetrization is needed.
     """
     S = P[..., 0, 0] + r  # (...,)
     K = P[..., :, 0] / S.unsqueeze(-1)  # (..., s)
     v = z - m[..., 0]  # (...,)
     m_new = m + K * v.unsqueeze(-1)
     P_new = P - K.unsqueeze(-1) * K.unsqueeze(-2) * S[..., None, None]
-    P_new = 0.5 * (P_new + P_new.transpose(-1, -2))
-    ll = -0.5 * (LOG_2PI + torch.log(S) + v**2 / S)
-    return _keep_where_invalid(valid, (m, P), (m_new, P_new, ll))
+    ll = -0.5 * (LOG_2PI + torch.log(S) + v**2 / S) if loglik else torch.zeros_like(S)
+    m, P, ll = _keep_where_invalid(valid, (m, P), (m_new, P_new, ll))
+    return m, P, ll if loglik else None
 
 
 def update(m: torch.Tensor, P: torch.Tensor, z: torch.Tensor, H: torch.Tensor, R: torch.Tensor, valid: torch.Tensor | None = None):

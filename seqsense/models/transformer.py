@@ -71,7 +71,7 @@ class SlidingAttention(nn.Module):
         slopes = alibi_slopes(heads)
         self.register_buffer("slopes", slopes, persistent=False)
         dist = torch.arange(context - 1, -1, -1, dtype=torch.float32)  # slot s is W-1-s ticks back
-        self.register_buffer("step_bias", (-slopes[:, None] * dist[None, :]).unsqueeze(1), persistent=False)  # (N, 1, W)
+        self.register_buffer("slot_bias", (-slopes[:, None] * dist[None, :]).unsqueeze(1), persistent=False)  # (N, 1, W)
         self.register_buffer("slot", torch.arange(context), persistent=False)  # (W,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,14 +89,22 @@ class SlidingAttention(nn.Module):
         y = torch.cat(outs, 2).transpose(1, 2).reshape(b, t, d)
         return self.out(y)
 
-    def step(self, x: torch.Tensor, kv: torch.Tensor, filled: torch.Tensor):
-        """One tick x (B, D) with cache kv (B, 2, N, W, E) and `filled` (B,) slots in use after this tick."""
+    def step_bias(self, filled: torch.Tensor) -> torch.Tensor:
+        """ALiBi bias (B, N, 1, W) of one tick over the cache slots, -inf on the slots not yet filled."""
+        full = self.slot >= (self.context - filled).view(-1, 1, 1, 1)  # (B, 1, 1, W) slots holding a tick
+        return torch.where(full, self.slot_bias, float("-inf"))
+
+    def step(self, x: torch.Tensor, kv: torch.Tensor, bias: torch.Tensor):
+        """One tick x (B, D) with cache kv (B, 2, N, W, E) and the bias of `step_bias`.
+
+        Attention is written out (scores, softmax, weighted values) rather than through
+        scaled_dot_product_attention, whose dispatch costs more than the maths for one query.
+        """
         b, d = x.shape
         qkv = self.qkv(x).view(b, 3, self.heads, 1, self.head_dim)  # (B, 3, N, 1, E)
         kv = torch.cat([kv[:, :, :, 1:], qkv[:, 1:]], 3)  # (B, 2, N, W, E): drop the oldest, newest last
-        full = self.slot >= (self.context - filled).view(b, 1, 1, 1)  # (B, 1, 1, W) slots holding a tick
-        bias = torch.where(full, self.step_bias, float("-inf"))  # (B, N, 1, W)
-        y = F.scaled_dot_product_attention(qkv[:, 0], kv[:, 0], kv[:, 1], attn_mask=bias)  # (B, N, 1, E)
+        scores = (qkv[:, 0] * self.head_dim**-0.5) @ kv[:, 0].transpose(-1, -2) + bias  # (B, N, 1, W)
+        y = torch.softmax(scores, -1) @ kv[:, 1]  # (B, N, 1, E)
         return self.out(y.reshape(b, d)), kv
 
 
@@ -108,15 +116,15 @@ class Block(nn.Module):
         self.ln1 = nn.LayerNorm(dim)
         self.attn = SlidingAttention(dim, heads, context)
         self.ln2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(approximate="tanh"), nn.Linear(mlp_ratio * dim, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))
         return x + self.mlp(self.ln2(x))
 
-    def step(self, x: torch.Tensor, kv: torch.Tensor, filled: torch.Tensor):
+    def step(self, x: torch.Tensor, kv: torch.Tensor, bias: torch.Tensor):
         """One tick (B, D) through the block, updating this layer's cache (B, 2, N, W, E)."""
-        a, kv = self.attn.step(self.ln1(x), kv, filled)
+        a, kv = self.attn.step(self.ln1(x), kv, bias)
         x = x + a
         return x + self.mlp(self.ln2(x)), kv
 
@@ -157,9 +165,10 @@ class TransformerModel(SequenceModel):
         """One tick (B, ...) -> (out (B, D), next state)."""
         x = self._features(tick)  # (B, H)
         count = (state["count"] + 1).clamp(max=self.config.context_ticks)  # slots in use after this tick
+        bias = self.blocks[0].attn.step_bias(count)  # every layer has the same slopes and slots
         kvs = []
         for i, blk in enumerate(self.blocks):
-            x, kv = blk.step(x, state["kv"][i], count)
+            x, kv = blk.step(x, state["kv"][i], bias)
             kvs.append(kv)
         out = self.denormalize(self.head(self.ln_f(x)))
         return out, {"kv": torch.stack(kvs), "count": count}
