@@ -432,7 +432,8 @@ class _Run:
         try:
             if sgd:
                 train_loss, windows, loop_s = self._sgd_loop(opt, metrics, progress, num_workers, on_step)
-            if not self.fitted_extra:
+            fitted_now = not self.fitted_extra
+            if fitted_now:
                 self.model.fit_extra(self.train_ds, log=self.log)
                 self.fitted_extra = True
             if not sgd:
@@ -444,6 +445,10 @@ class _Run:
         model, best_val = self.model, self.best_val
         if self.rank0 and self.best_step != self.step:
             model = load_checkpoint(self.run_dir / "best", device=self.dev)
+            if fitted_now:  # the best weights predate fit_extra: fit them too, so `best` is a finished model
+                model.fit_extra(self.train_ds, log=self.log)
+                best_val = evaluate_loss(model, self.val_ds, self.dev, cfg.batch_size)
+                save_checkpoint(model, self.run_dir / "best", {**model.checkpoint_meta.get("extra", {}), "val_loss": best_val})
         self.log(f"{self.family}: {self.step} step(s), train loss {train_loss:.4f}, best val loss {best_val:.4f} at step {self.best_step}")
         return TrainResult(
             run_dir=self.run_dir, model=model.eval(), family=self.family, config=cfg, num_parameters=model.num_parameters(),

@@ -1,5 +1,6 @@
 """The `kalman` family: exact parity with a numpy Kalman filter and the Riccati steady state on a
-hand-simulated linear-Gaussian log, the generator's stored optimal filter, and the CV detector+filter fit."""
+hand-simulated linear-Gaussian log, the generator's stored optimal filter, the CV detector+filter fit,
+and the system fitted by EM (near the optimal filter on held-out episodes, streaming, checkpoint, export)."""
 
 from __future__ import annotations
 
@@ -219,6 +220,15 @@ def test_config_errors():
         C(inputs=("a",), target="b", dynamics="ekf")
     with pytest.raises(ValueError, match="state_dim"):
         C(inputs=("a",), target="b", state_dim=4)
+    for bad in ({"em_state_dim": -1}, {"em_iters": -2}):
+        with pytest.raises(ValueError, match="em_state_dim must be >= 0 .* em_iters >= 0"):
+            C(inputs=("a",), target="b", dynamics="em", **bad)
+
+
+def test_em_mode_refuses_a_packed_measurement_stream(lg_log):
+    path, _ = lg_log
+    with pytest.raises(ValueError, match="latest mode"):
+        build("kalman", path, dynamics="em", packed={"measurement": 2})
 
 
 @pytest.mark.slow
@@ -256,3 +266,89 @@ def test_metadata_model_survives_a_checkpoint(lg_log, tmp_path):
     assert loaded.uses_metadata and loaded.config.state_dim == 4
     seq = ds.sequence(0)
     np.testing.assert_array_equal(loaded.predict(seq)["mean"], model.predict(seq)["mean"])
+
+
+def build_split(path, n_train: int, **cfg):
+    """A kalman model on the first `n_train` episodes of `path` (normalized on them) and the held-out dataset."""
+    M, C = get_model_class("kalman")
+    config = C(inputs=("measurement",), target="truth/position", **cfg)
+    refs = episode_refs([path])
+    train_ds = WindowDataset(refs[:n_train], config.window_spec())
+    test_ds = WindowDataset(refs[n_train:], config.window_spec())
+    return M(config, train_ds.stream_info(), compute_normalization(train_ds)), train_ds, test_ds
+
+
+def held_out_errors(model, ds) -> dict[str, float]:
+    """MSE of the model, the stored optimal filter, the raw measurement and the best memoryless linear map, and mean z²."""
+    seqs = [ds.sequence(k) for k in range(len(ds.episodes))]
+    outs = [model.predict(seq) for seq in seqs]
+    y = np.concatenate([s["target"] for s in seqs])
+    z = np.concatenate([s["measurement"] for s in seqs])
+    opt = np.concatenate([ds.index(k).episode.stream("optimal/filter_mean").data[()] for k in range(len(seqs))])
+    mean, var = (np.concatenate([o[k] for o in outs]) for k in ("mean", "var"))
+    X = np.c_[z, np.ones(len(z))]  # per-tick least squares on the held-out data itself: a bound for any framewise model
+    framewise = X @ np.linalg.lstsq(X, y, rcond=None)[0]
+    mse = lambda a: float(((a - y) ** 2).mean())  # noqa: E731
+    return {"em": mse(mean), "optimal": mse(opt), "raw": mse(z), "framewise": mse(framewise), "z2": float(((mean - y) ** 2 / var).mean())}
+
+
+@pytest.fixture(scope="module")
+def em_model(tmp_path_factory):
+    """dynamics=em on a linear-Gaussian log whose provenance holds the system (ignored): 6 training, 2 held-out episodes."""
+    path, _ = write_linear_gaussian_log(tmp_path_factory.mktemp("em") / "lg.h5", episodes=8, ticks=200)
+    model, train_ds, test_ds = build_split(path, 6, dynamics="em", em_iters=40)
+    model.fit_extra(train_ds, log=lambda *_: None)
+    return model, train_ds, test_ds, path
+
+
+def test_em_mode_near_optimal_on_held_out_episodes(em_model):
+    model, _, test_ds, _ = em_model
+    assert model.uses_em and not model.uses_metadata and not model.trains_by_sgd
+    assert (model.config.state_dim, model.config.meas_dim) == (4, 2)
+    ll = np.array(model.em_loglik)
+    assert len(ll) == 41 and np.diff(ll).min() > -1e-8 * abs(ll[-1]) and ll[-1] > ll[0]
+    err = held_out_errors(model, test_ds)
+    assert err["em"] < 1.10 * err["optimal"], err
+    assert err["em"] < 0.5 * err["framewise"] and err["framewise"] < err["raw"], err
+    assert 0.7 < err["z2"] < 1.3, err  # honest variances
+
+
+def test_em_mode_step_equals_forward(em_model):
+    model, _, test_ds, _ = em_model
+    seq = test_ds.sequence(0)
+    off, on = model.predict(seq), stream_through(model, seq)
+    np.testing.assert_allclose(on["mean"], off["mean"], atol=1e-5)
+    np.testing.assert_allclose(on["var"], off["var"], rtol=1e-5)
+
+
+def test_em_model_survives_a_checkpoint_and_exports(em_model, tmp_path):
+    from seqsense import runtime
+    from seqsense.export import export_model
+    from seqsense.export.check import run_parity
+    from seqsense.models.checkpoint import load_checkpoint, save_checkpoint
+
+    model, _, test_ds, path = em_model
+    save_checkpoint(model, tmp_path / "kf")
+    loaded = load_checkpoint(tmp_path / "kf")
+    assert loaded.uses_em and (loaded.config.state_dim, loaded.config.meas_dim) == (4, 2)
+    seq = test_ds.sequence(1)
+    np.testing.assert_array_equal(loaded.predict(seq)["mean"], model.predict(seq)["mean"])
+    export_model(loaded, tmp_path / "exp", {"extra": {"data": [str(path)]}}, parity_ticks=20, log=lambda m: None)
+    report = run_parity(loaded, runtime.load(tmp_path / "exp"), [list(test_ds.iter_ticks(k)) for k in range(len(test_ds.episodes))])
+    assert report["failure"] is None and report["max_rel_err"] < 1e-4, report
+
+
+def test_em_mode_on_detector_outputs(em_model):
+    """With the measurement stream not an input, EM runs on the detector (here: the measurement itself, normalized)."""
+    _, _, _, path = em_model
+    model, train_ds, test_ds = build_split(path, 6, dynamics="em", em_iters=20, measurement_stream="camera")
+    assert model.trains_by_sgd
+    mean, std = model.target_mean.double(), model.target_std.double()
+    model._detect = lambda x: ((x["measurement"].double() - mean) / std).float()
+    model.fit_extra(train_ds, log=lambda *_: None)
+    assert model.uses_em and model.trains_by_sgd and (model.config.state_dim, model.config.meas_dim) == (4, 2)
+    assert model.num_parameters() > sum(p.numel() for p in model.parameters())
+    err = held_out_errors(model, test_ds)
+    assert err["em"] < 1.10 * err["optimal"], err
+    seq = test_ds.sequence(0)
+    np.testing.assert_allclose(stream_through(model, seq)["mean"], model.predict(seq)["mean"], atol=1e-5)

@@ -188,3 +188,22 @@ def test_label_target_infers_num_classes(tiny_log, tmp_path):
     pred.reset()
     out = pred.step(next(WindowDataset(episode_refs([tiny_log]), res.config.window_spec()).iter_ticks(0)))
     assert out.probs.shape == (2,) and abs(out.probs.sum() - 1) < 1e-5
+
+
+def test_a_best_checkpoint_from_before_fit_extra_gets_fitted_too(tiny_log, tmp_path, monkeypatch):
+    """When validation peaks before the last step, the returned (best) model still has its fit_extra.
+
+    Validation is rigged to be best at the first check, so `best` is written before the CV filter is
+    fitted; the run must fit it too rather than return a detector with the filter's start values.
+    """
+    import seqsense.train as tr
+
+    scores = iter([1.0] + [5.0] * 10)
+    real = tr.evaluate_loss
+    monkeypatch.setattr(tr, "evaluate_loss", lambda model, ds, *a, **k: next(scores) if ds is not None else real(model, ds, *a, **k))
+    res = train("kalman", [tiny_log], {**TINY, "steps": 30, "dynamics": "cv", "q_steps": 5}, tmp_path / "run",
+                inputs=("imu",), progress=False, log=lambda m: None)
+    assert res.best_step == 10 and res.steps == 30
+    for model in (res.model, load_checkpoint(tmp_path / "run" / "best")):
+        assert not torch.allclose(model.r, torch.full_like(model.r, 0.1)), "best checkpoint holds an unfitted filter"
+        assert not torch.allclose(model.q, torch.ones_like(model.q))

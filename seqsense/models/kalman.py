@@ -1,8 +1,18 @@
-"""`kalman`: the classical linear Kalman filter, either the scenario's own model or detector + CV filter.
+"""`kalman`: the classical linear Kalman filter: the scenario's model, one fitted by EM, or detector + CV filter.
 
-Two ways to get the linear-Gaussian model, chosen in `fit_extra` (config `dynamics`):
+Three ways to get the linear-Gaussian model, chosen in `fit_extra` (config `dynamics`):
 - `metadata`: the log's provenance holds the system (F or A, Q, H, R, x0, P0) and the raw measurement
   vector stream is an input: the filter runs on it directly and is the optimal filter of the scenario.
+- `em`: system identification from the training data. The measurements z are the raw vector stream
+  `measurement_stream` when it is an input, otherwise the outputs of a per-tick detector trained as in
+  `cv`; `sysid.fit_lds_em` fits A, Q, H, R, x0, P0 (state size `em_state_dim`) to the training
+  episodes by expectation–maximization, and the target map G by least squares of the normalized
+  target on the smoothed states (`sysid.fit_readout`). The filter then runs like `metadata`.
+- `imu_gravity`: the extended Kalman filter of `seqsense.models.ekf` (`GravityEKF`): gravity direction
+  in the body frame and gyro bias from raw gyro + accelerometer inputs (`gyro_stream`, `accel_stream`,
+  each a stream or a `stream[i:j]` slice of 3 fields), for a 3-D gravity-direction target such as
+  `imu_motion`'s `truth/gravity_body`. Its noise starts from the log's scenario knobs when present and is
+  tuned on the training episodes (`ekf_fit_epochs`); nothing trains by SGD.
 - `cv`: the pipeline robot stacks use today. A per-tick detector (the shared TickEncoder + a linear
   head, trained by SGD on per-tick MSE like `framewise`) gives measurements of the target, filtered by a
   constant-velocity model per target dimension with irregular steps; `fit_extra` sets R from the
@@ -13,6 +23,7 @@ Two ways to get the linear-Gaussian model, chosen in `fit_extra` (config `dynami
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import scipy.linalg
@@ -21,23 +32,32 @@ from torch import nn
 
 from seqsense.errors import ConfigError
 from seqsense.log.reader import open_log
+from seqsense.models import ekf as gekf
 from seqsense.models import statespace as ss
+from seqsense.models import sysid
 from seqsense.models.base import ModelConfig, SequenceModel, register_model, to_tensors
 from seqsense.models.encoders import TickEncoder
 
-DYNAMICS = ("auto", "metadata", "cv")
+DYNAMICS = ("auto", "metadata", "cv", "em", "imu_gravity")
+_SLICE = re.compile(r"^(?P<name>[^\[\]]+?)(\[(?P<a>\d+):(?P<b>\d+)\])?$")
 SYSTEM_KEYS = {"A": ("F", "A"), "Q": ("Q",), "H": ("H", "C"), "R": ("R",), "x0": ("x0", "x0_mean", "m0"), "P0": ("P0",), "G": ("G", "target_matrix")}
+EM_KEYS = ("z_mean", "y0", "y_var")  # em mode: measurement mean removed before filtering, target intercept and residual variance
 
 
 @dataclasses.dataclass
 class KalmanConfig(ModelConfig):
-    """Kalman filter settings: where the model comes from and how the CV filter's Q is fitted."""
+    """Kalman filter settings: where the model comes from, how EM fits it and how the CV filter's Q is fitted."""
 
     window: int = 16
-    dynamics: str = "auto"  # auto | metadata | cv
-    measurement_stream: str = "measurement"  # raw measurement input used in metadata mode
-    state_dim: int = 0  # n of the metadata system (set by fit_extra); 0 = CV filter (n = 2 D)
-    meas_dim: int = 0  # m of the metadata system (set by fit_extra)
+    dynamics: str = "auto"  # auto | metadata | cv | em
+    measurement_stream: str = "measurement"  # raw measurement input of metadata mode (and of em mode when an input)
+    state_dim: int = 0  # n of the linear system (set by fit_extra in metadata and em modes); 0 = CV filter
+    meas_dim: int = 0  # m of the linear system (set by fit_extra)
+    em_state_dim: int = 0  # em mode: n to fit; 0 = twice the measurement size
+    em_iters: int = 50  # em mode: EM iterations at most (0 = the subspace initialization alone)
+    gyro_stream: str = "gyro"  # imu_gravity mode: gyro input, a stream or "stream[i:j]" (3 fields, rad/s)
+    accel_stream: str = "accel"  # imu_gravity mode: accelerometer input, likewise (m/s², specific force)
+    ekf_fit_epochs: int = 2  # imu_gravity mode: epochs tuning the EKF noise on the training episodes (0: keep the start)
     q_steps: int = 60  # Adam steps fitting the CV process noise by innovation likelihood
     q_lr: float = 0.2
     max_fit_episodes: int = 64  # training episodes read by fit_extra
@@ -48,23 +68,35 @@ class KalmanConfig(ModelConfig):
             raise ConfigError(f"KalmanConfig: dynamics must be one of {DYNAMICS}, got {self.dynamics!r}.")
         if self.state_dim < 0 or self.meas_dim < 0 or (self.state_dim > 0) != (self.meas_dim > 0):
             raise ConfigError(f"KalmanConfig: state_dim and meas_dim must both be 0 or both >= 1, got {self.state_dim}, {self.meas_dim}.")
+        if self.em_state_dim < 0 or self.em_iters < 0:
+            raise ConfigError(f"KalmanConfig: em_state_dim must be >= 0 (0 = twice the measurement size) and em_iters >= 0 "
+                              f"(0 = no EM iteration after the subspace initialization); got {self.em_state_dim}, {self.em_iters}.")
+        if self.ekf_fit_epochs < 0:
+            raise ConfigError(f"KalmanConfig: ekf_fit_epochs must be >= 0, got {self.ekf_fit_epochs}.")
+        for name in ("gyro_stream", "accel_stream"):
+            if not _SLICE.match(getattr(self, name)):
+                raise ConfigError(f"KalmanConfig: {name} must be a stream name or 'stream[i:j]', got {getattr(self, name)!r}.")
         if self.q_steps < 0 or not self.q_lr > 0 or self.max_fit_episodes < 1:
             raise ConfigError("KalmanConfig: q_steps must be >= 0, q_lr > 0 and max_fit_episodes >= 1.")
 
 
 @register_model("kalman", KalmanConfig)
 class KalmanModel(SequenceModel):
-    """Linear Kalman filter over ticks; owns the detector (CV mode) and the system matrices.
+    """Linear Kalman filter over ticks; owns the detector (CV and detector-EM modes) and the system matrices.
 
     System x_k = A_k x_{k-1} + w, w ~ N(0, Q_k);  z_k = H x_k + v, v ~ N(0, R);  target y_k = G x_k.
     The state at the first tick is the prior N(x0, P0), updated with z_1 (no predict step before it);
     each later tick predicts over its dt_s, then updates (the recursion in `statespace`).
     - metadata mode: A, Q, H, R, G, x0, P0 from the log, raw units, A and Q fixed (the scenario's dt);
-    - CV mode, per target dimension d (normalized units), state (p_d, v_d) laid out as [p (D), v (D)]:
-        A(Δt) = [[I, Δt I], [0, I]],  Q(Δt) = [[Δt³/3 q, Δt²/2 q], [Δt²/2 q, Δt q]],  q = diag(q_d),
-        H = G = [I, 0],  R = diag(r_d),  x0 = 0,  P0 = diag(p0, v0);  z = detector(tick inputs).
+    - em mode: A, Q, H, R, x0, P0 fitted by EM on z − z̄ (one step per tick, A and Q fixed), G and b
+      by least squares, in normalized target units: y = G x + b + ε, ε ~ N(0, diag(s²)), so the
+      prediction is mean G m + b, variance diag(G P Gᵀ) + s² (then denormalized);
+    - CV mode, per target dimension d (normalized units), an independent 2-state filter of (p_d, v_d):
+        A(Δt) = [[1, Δt], [0, 1]],  Q(Δt) = q_d [[Δt³/3, Δt²/2], [Δt²/2, Δt]],  H = G = [1, 0],  R = r_d,
+        x0 = 0,  P0 = diag(p0_d, v0_d);  z = detector(tick inputs). A 2D-state filter with a block-diagonal
+      system is exactly these D filters; run side by side they avoid the (2D)×(2D) algebra.
     Prediction: mean G m, variance diag(G P Gᵀ). State: {"m": (B, n), "P": (B, n, n) float64,
-    "started": (B,)}.
+    "started": (B,)}; in CV mode m (B, D, 2), P (B, D, 2, 2).
     """
 
     target_kinds = ("vector", "scalar")  # continuous targets only
@@ -73,32 +105,97 @@ class KalmanModel(SequenceModel):
         super().__init__(config, streams, normalization)
         if self.discrete:
             raise ConfigError(f"kalman predicts continuous targets; {config.target!r} is a label stream. Use framewise/rnn/transformer.")
+        if config.dynamics == "em" and config.measurement_stream in config.inputs:
+            s, info = config.measurement_stream, streams[config.measurement_stream]
+            if info.kind not in ("vector", "scalar") or s in config.packed:
+                raise ConfigError(f"kalman dynamics='em' filters the raw measurement stream {s!r}, which must be a vector or scalar "
+                                  f"stream in latest mode; it is a {info.kind} stream{' packed' if s in config.packed else ''}. "
+                                  "Set measurement_stream to such a stream, or to one that is not an input (EM then runs on the detector).")
+        self.imu: dict[str, tuple[str, slice]] = {}
+        if config.dynamics == "imu_gravity":
+            self.imu = {role: self._imu_input(role, streams) for role in ("gyro", "accel")}
+            if self.target_dim != 3:
+                raise ConfigError(f"kalman dynamics='imu_gravity' predicts a 3-D gravity direction; target {config.target!r} "
+                                  f"has {self.target_dim} values (imu_motion's is 'truth/gravity_body').")
+            self.ekf = gekf.GravityEKF()
         d, h = self.target_dim, config.hidden
         self.encoder = TickEncoder(config.inputs, streams, normalization, config.packed, h, config.frame_channels)
         self.head = nn.Linear(h, d)
         for name in ("q", "r", "p0", "v0"):  # CV filter, fitted in fit_extra
             self.register_buffer(name, torch.full((d,), 1.0 if name != "r" else 0.1, dtype=torch.float64))
+        # CV constants (not saved): A(Δt) = I + Δt N, Q(Δt) = q Δt^E / E elementwise
+        self.register_buffer("cv_eye", torch.eye(2, dtype=torch.float64), persistent=False)
+        self.register_buffer("cv_shift", torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=torch.float64), persistent=False)
+        self.register_buffer("cv_pow", torch.tensor([[3.0, 2.0], [2.0, 1.0]], dtype=torch.float64), persistent=False)
         if config.state_dim > 0:
             n, m = config.state_dim, config.meas_dim
             shapes = {"A": (n, n), "Q": (n, n), "H": (m, n), "R": (m, m), "G": (d, n), "x0": (n,), "P0": (n, n)}
+            if config.dynamics == "em":
+                shapes.update({"z_mean": (m,), "y0": (d,), "y_var": (d,)})
             for name, shape in shapes.items():
                 self.register_buffer(name, torch.zeros(shape, dtype=torch.float64))
+
+    def _imu_input(self, role: str, streams) -> tuple[str, slice]:
+        """(stream, field slice) of the gyro or accel input, checked: a latest-mode vector input with 3 fields."""
+        spec = getattr(self.config, f"{role}_stream")
+        m = _SLICE.match(spec)
+        name = m["name"]
+        if name not in self.config.inputs or name in self.config.packed:
+            raise ConfigError(f"kalman dynamics='imu_gravity': {role}_stream {spec!r} must name an input stream in latest mode; "
+                              f"inputs: {list(self.config.inputs)}, packed: {sorted(self.config.packed)}.")
+        info = streams[name]
+        size = int(np.prod(info.shape) or 1)
+        part = slice(int(m["a"]), int(m["b"])) if m["a"] is not None else slice(0, size)
+        if info.kind != "vector" or len(range(size)[part]) != 3:
+            raise ConfigError(f"kalman dynamics='imu_gravity': {role}_stream {spec!r} must give 3 values of a vector stream; "
+                              f"{name!r} is a {info.kind} stream of {size} values (fields {list(info.fields or [])}).")
+        return name, part
+
+    def _imu_args(self, x: dict[str, torch.Tensor]):
+        """(gyro, accel, gyro_valid, accel_valid, dt_s) of a tick (B, ...) or windows (B, T, ...) for the EKF."""
+        (g, gs), (a, as_) = self.imu["gyro"], self.imu["accel"]
+        return x[g][..., gs], x[a][..., as_], x[f"{g}_valid"], x[f"{a}_valid"], x["dt_s"]
+
+    @property
+    def uses_ekf(self) -> bool:
+        """True in imu_gravity mode: the gravity EKF replaces the linear filter and the detector."""
+        return self.config.dynamics == "imu_gravity"
+
+    @property
+    def uses_system(self) -> bool:
+        """True once the filter runs a general linear system (the log's, or fitted by EM)."""
+        return self.config.state_dim > 0
 
     @property
     def uses_metadata(self) -> bool:
         """True once the filter runs the log's own system on the raw measurement stream."""
-        return self.config.state_dim > 0
+        return self.uses_system and self.config.dynamics != "em"
+
+    @property
+    def uses_em(self) -> bool:
+        """True once the filter runs a system fitted by EM."""
+        return self.uses_system and self.config.dynamics == "em"
+
+    @property
+    def measures_raw(self) -> bool:
+        """True when the measurements are the raw `measurement_stream` (metadata mode, or em mode with it as input)."""
+        raw_em = self.config.dynamics == "em" and self.config.measurement_stream in self.config.inputs
+        return self.uses_metadata or raw_em
 
     @property
     def trains_by_sgd(self) -> bool:
-        """Only the CV mode's detector trains by SGD; the metadata filter has nothing to learn."""
-        return not self.uses_metadata
+        """Only the detector trains by SGD; filters on the raw measurements have nothing to learn by it."""
+        return not (self.measures_raw or self.uses_ekf)
 
     def num_parameters(self) -> int:
-        """Detector weights (CV mode) plus the filter's fitted numbers."""
-        if self.uses_metadata:
-            return sum(getattr(self, k).numel() for k in ("A", "Q", "H", "R", "x0", "P0"))
-        return sum(p.numel() for p in self.parameters()) + 4 * self.target_dim
+        """Detector weights (unless the filter reads raw measurements) plus the filter's fitted numbers."""
+        if self.uses_ekf:
+            return sum(p.numel() for p in self.ekf.parameters())
+        if not self.uses_system:
+            return sum(p.numel() for p in self.parameters()) + 4 * self.target_dim
+        names = ("A", "Q", "H", "R", "x0", "P0") + (("G", "y0", "y_var") if self.uses_em else ())
+        fitted = sum(getattr(self, k).numel() for k in names)
+        return fitted if self.measures_raw else fitted + sum(p.numel() for p in self.parameters())
 
     # ---- the filter ---------------------------------------------------------------------------
     def _detect(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -106,96 +203,108 @@ class KalmanModel(SequenceModel):
         return self.head(self.encoder(x))
 
     def _measure(self, x: dict[str, torch.Tensor]):
-        """Measurements z (..., m) float64 and their validity (...,)."""
-        if self.uses_metadata:
+        """Measurements z (..., m) float64 and their validity (...,), or None where always valid."""
+        if self.uses_system and self.measures_raw:
             s = self.config.measurement_stream
-            return x[s].double(), x[f"{s}_valid"].bool()
-        z = self._detect(x).double()
-        return z, torch.ones(z.shape[:-1], dtype=torch.bool, device=z.device)
+            valid = x[f"{s}_valid"].bool()
+            z = x[s].double().reshape(*valid.shape, -1)
+        else:
+            z, valid = self._detect(x).double(), None
+        return (z - self.z_mean, valid) if self.uses_em else (z, valid)
 
-    def _system(self, dt_s: torch.Tensor, q: torch.Tensor | None = None):
-        """(A, Q) each (..., n, n), H (m, n), R (m, m) for steps dt_s (...,)."""
-        if self.uses_metadata:
-            shape = dt_s.shape + self.A.shape
-            return self.A.expand(shape), self.Q.expand(shape), self.H, self.R
+    def _cv_system(self, dt_s: torch.Tensor, q: torch.Tensor | None = None):
+        """CV transition A (..., 1, 2, 2) and process noise Q (..., D, 2, 2) over steps dt_s (...,)."""
         q = self.q if q is None else q
-        d = self.target_dim
-        dt = dt_s.double().clamp(min=0.0)[..., None, None]  # (..., 1, 1)
-        eye = torch.eye(d, dtype=torch.float64, device=dt.device)
-        zero = torch.zeros_like(eye)
-        qd = torch.diag_embed(q)  # (D, D)
-        A = torch.cat([torch.cat([eye + 0 * dt, eye * dt], -1), torch.cat([zero + 0 * dt, eye + 0 * dt], -1)], -2)
-        Q = torch.cat([torch.cat([qd * dt**3 / 3, qd * dt**2 / 2], -1), torch.cat([qd * dt**2 / 2, qd * dt], -1)], -2)
-        return A, Q, torch.cat([eye, zero], -1), torch.diag_embed(self.r)
+        dt = dt_s.double().clamp(min=0.0)[..., None, None, None]  # (..., 1, 1, 1)
+        A = self.cv_eye + dt * self.cv_shift
+        Q = q[:, None, None] * (dt**self.cv_pow / self.cv_pow)  # q [[Δt³/3, Δt²/2], [Δt²/2, Δt]]
+        return A, Q
 
     def _prior(self, batch_size: int):
-        if self.uses_metadata:
+        """Prior mean and covariance expanded over the batch: (B, n), (B, n, n); CV (B, D, 2), (B, D, 2, 2)."""
+        if self.uses_system:
             m0, P0 = self.x0, self.P0
         else:
-            m0 = torch.zeros(2 * self.target_dim, dtype=torch.float64, device=self.q.device)
-            P0 = torch.diag_embed(torch.cat([self.p0, self.v0]))
-        n = m0.shape[0]
-        return m0.expand(batch_size, n).clone(), P0.expand(batch_size, n, n).clone()
+            m0 = torch.zeros(self.target_dim, 2, dtype=torch.float64, device=self.q.device)
+            P0 = torch.diag_embed(torch.stack([self.p0, self.v0], -1))  # (D, 2, 2)
+        return m0.expand(batch_size, *m0.shape).clone(), P0.expand(batch_size, *P0.shape).clone()
 
-    def _filter_step(self, m, P, started, A, Q, H, R, z, valid):
-        """Predict (where started) then update; returns (m, P, innovation log-likelihood (B,))."""
-        mp, Pp = ss.predict(m, P, A, Q)
+    def _filter_step(self, m, P, started, dt_s, z, valid):
+        """Predict over dt_s (where started), then update with z (B, m); returns (m, P, log-likelihood)."""
+        if not self.uses_system:  # not started: Δt = 0, so A = I, Q = 0 and the prediction is the prior itself
+            A, Q = self._cv_system(dt_s.double() * started)  # dt_s is finite (0 at the first tick): a product is cheaper than where
+            m, P = ss.predict(m, P, A, Q)
+            return ss.update_first(m, P, z, self.r)
+        mp, Pp = ss.predict(m, P, self.A, self.Q)
         go = started.bool()
         m = torch.where(go[:, None], mp, m)
         P = torch.where(go[:, None, None], Pp, P)
-        return ss.update(m, P, z, H, R, valid)
+        return ss.update(m, P, z, self.H, self.R, valid)
 
     def _output(self, m: torch.Tensor, P: torch.Tensor) -> dict[str, torch.Tensor]:
-        G = self.G if self.uses_metadata else torch.eye(self.target_dim, 2 * self.target_dim, dtype=torch.float64, device=m.device)
-        mean = m @ G.T  # (..., D)
-        var = torch.einsum("dn,...nk,dk->...d", G, P, G)
+        if not self.uses_system:
+            return self.denormalize({"mean": m[..., 0].float(), "var": P[..., 0, 0].clamp(min=1e-12).float()})
+        mean = m @ self.G.T  # (..., D)
+        var = torch.einsum("dn,...nk,dk->...d", self.G, P, self.G)
+        if self.uses_em:
+            mean, var = mean + self.y0, var + self.y_var
         out = {"mean": mean.float(), "var": var.clamp(min=1e-12).float()}
-        return out if self.uses_metadata else self.denormalize(out)
+        return self.denormalize(out) if self.uses_em else out
 
-    def _run(self, z, valid, dt_s, q=None):
-        """Filter whole windows z (B, T, m) -> stacked m (B, T, n), P (B, T, n, n), log-lik (B, T)."""
+    def _run(self, z, valid, dt_s):
+        """Filter whole windows z (B, T, m) from the prior -> stacked states m (B, T, ...), P (B, T, ...)."""
         B, T = z.shape[:2]
-        A, Q, H, R = self._system(dt_s, q)  # (B, T, n, n)
         m, P = self._prior(B)
-        started = torch.zeros(B, dtype=torch.bool, device=z.device)
-        ms, Ps, lls = [], [], []
+        started = torch.zeros(B, dtype=torch.float64, device=z.device)
+        ms, Ps = [], []
         for t in range(T):
-            m, P, ll = self._filter_step(m, P, started, A[:, t], Q[:, t], H, R, z[:, t], valid[:, t])
+            m, P, _ = self._filter_step(m, P, started, dt_s[:, t], z[:, t], None if valid is None else valid[:, t])
             started = torch.ones_like(started)
             ms.append(m)
             Ps.append(P)
-            lls.append(ll)
-        return torch.stack(ms, 1), torch.stack(Ps, 1), torch.stack(lls, 1)
+        return torch.stack(ms, 1), torch.stack(Ps, 1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Filtered predictions for every tick of windows (B, T, ...), each window from the prior."""
+        if self.uses_ekf:
+            mean, var, _ = self.ekf.run(*self._imu_args(batch))
+            return {"mean": mean, "var": var}
         z, valid = self._measure(batch)
-        m, P, _ = self._run(z, valid, batch["dt_s"])
-        return self._output(m, P)
+        return self._output(*self._run(z, valid, batch["dt_s"]))
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """CV mode: the detector's per-tick MSE in normalized units (metadata mode: the filter's NLL)."""
-        if self.uses_metadata:
+        """The detector's per-tick MSE in normalized units (filters on raw measurements: the filter's NLL)."""
+        if (self.measures_raw and self.uses_system) or self.uses_ekf:
             return super().loss(batch)
         valid = batch["target_valid"] & ~batch["tick_is_pad"]
         y = (batch["target"] - self.target_mean) / self.target_std
         return ((self._detect(batch) - y) ** 2)[valid].mean()
 
     def init_state(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
-        """The prior N(x0, P0): m (B, n), P (B, n, n) float64, started (B,) = 0."""
+        """The prior N(x0, P0): m, P float64 (see the class doc for shapes), started (B,) = 0."""
+        if self.uses_ekf:
+            return self.ekf.init_state(batch_size)
         m, P = self._prior(batch_size)
         return {"m": m, "P": P, "started": torch.zeros(batch_size, dtype=torch.float64, device=m.device)}
 
     def step(self, tick: dict[str, torch.Tensor], state: dict[str, torch.Tensor]):
         """One tick (B, ...) -> (out (B, D), next state)."""
+        if self.uses_ekf:
+            mean, var, nxt = self.ekf.step(*self._imu_args(tick), state)
+            return {"mean": mean, "var": var}, nxt
         z, valid = self._measure(tick)  # (B, m)
-        A, Q, H, R = self._system(tick["dt_s"])  # (B, n, n)
-        m, P, _ = self._filter_step(state["m"], state["P"], state["started"], A, Q, H, R, z, valid)
+        m, P, _ = self._filter_step(state["m"], state["P"], state["started"], tick["dt_s"], z, valid)
         return self._output(m, P), {"m": m, "P": P, "started": torch.ones_like(state["started"])}
 
     # ---- fitting ------------------------------------------------------------------------------
     def fit_extra(self, train_dataset, log=print) -> None:
-        """Load the log's system (metadata) or fit the CV filter's R (residuals) and Q (innovation likelihood)."""
+        """Load the log's system (metadata), fit one by EM (em), or fit the CV filter's R and Q (cv)."""
+        if self.config.dynamics == "em":
+            self._fit_em(train_dataset, log)
+            return
+        if self.uses_ekf:
+            self._fit_ekf(train_dataset, log)
+            return
         if self.config.dynamics != "cv":
             system = find_system(train_dataset.episodes)
             usable, why = self._check_system(system)
@@ -205,7 +314,7 @@ class KalmanModel(SequenceModel):
                     f"on the raw '{self.config.measurement_stream}' stream.")
                 return
             if self.config.dynamics == "metadata":
-                raise ConfigError(f"kalman dynamics='metadata': {why} Use dynamics=auto or dynamics=cv.")
+                raise ConfigError(f"kalman dynamics='metadata': {why} Use dynamics=auto, dynamics=em or dynamics=cv.")
             log(f"kalman fit_extra: {why} Fitting a constant-velocity filter on the detector instead.")
         self._fit_cv(train_dataset, log)
 
@@ -223,24 +332,86 @@ class KalmanModel(SequenceModel):
         return True, ""
 
     def _set_system(self, system: dict) -> None:
-        """Install the system matrices as float64 buffers and record their sizes in the config."""
+        """Install the system matrices (and em mode's extras) as float64 buffers and record their sizes in the config."""
         n, m = system["A"].shape[0], system["H"].shape[0]
         self.config.state_dim, self.config.meas_dim = n, m
         dev = self.target_mean.device
-        for name in ("A", "Q", "H", "R", "G", "x0", "P0"):
+        for name in ("A", "Q", "H", "R", "G", "x0", "P0") + (EM_KEYS if self.config.dynamics == "em" else ()):
             self.register_buffer(name, torch.tensor(np.array(system[name]), dtype=torch.float64, device=dev))  # own copy: G may be H
+
+    def _fit_sequences(self, train_dataset):
+        """Whole training episodes (at most max_fit_episodes) as batch-1 tensor dicts."""
+        n_eps = min(len(train_dataset.episodes), self.config.max_fit_episodes)
+        return [to_tensors(train_dataset.sequence(k), device=self.device) for k in range(n_eps)]
+
+    def _normalized_target(self, x: dict[str, torch.Tensor]):
+        """Target (T, D) float64 in normalized units and where it is usable (T,)."""
+        y = ((x["target"][0] - self.target_mean) / self.target_std).double()
+        return y.reshape(len(y), -1), x["target_valid"][0] & ~x["tick_is_pad"][0]
+
+    @torch.no_grad()
+    def _fit_em(self, train_dataset, log) -> None:
+        """Fit the linear system to the training measurements by EM, then the target map by least squares."""
+        self.eval()
+        s = self.config.measurement_stream
+        raw = s in self.config.inputs
+        zs, oks, ys, yoks = [], [], [], []
+        for x in self._fit_sequences(train_dataset):
+            live = ~x["tick_is_pad"][0]
+            if raw:
+                zs.append(x[s][0].double().reshape(len(live), -1))
+                oks.append(x[f"{s}_valid"][0].bool() & live)
+            else:
+                zs.append(self._detect(x)[0].double())
+                oks.append(live)
+            y, yok = self._normalized_target(x)
+            ys.append(y.cpu().numpy())
+            yoks.append(yok.cpu().numpy())
+        zs = [z.cpu().numpy() for z in zs]
+        oks = [ok.cpu().numpy() for ok in oks]
+        seen = np.concatenate([z[ok] for z, ok in zip(zs, oks)])
+        if len(seen) == 0:
+            raise ConfigError(f"kalman dynamics='em': no valid measurement in the training episodes ({'stream ' + repr(s) if raw else 'detector'}).")
+        z_mean = seen.mean(0)
+        fit = sysid.fit_lds_em([z - z_mean for z in zs], oks, state_dim=self.config.em_state_dim, iters=self.config.em_iters)
+        G, y0, y_var = sysid.fit_readout(fit, ys, yoks)
+        system = {**dataclasses.asdict(fit.lds), "G": G, "z_mean": z_mean, "y0": y0, "y_var": y_var}
+        self._set_system(system)
+        self.em_loglik = ll = fit.loglik  # log p(z) per EM iteration, for inspection (not saved)
+        log(f"kalman fit_extra: EM fit of a linear system (n={self.config.state_dim}, m={self.config.meas_dim}) on "
+            f"{'the raw ' + repr(s) + ' stream' if raw else 'the detector outputs'} of {len(zs)} episodes: log-likelihood "
+            f"{ll[0]:.2f} -> {ll[-1]:.2f} in {len(ll) - 1} iterations; target residual variance {np.round(y_var, 6).tolist()}")
+
+    def _fit_ekf(self, train_dataset, log) -> None:
+        """Start the EKF noise from the log's scenario knobs (defaults otherwise), then tune it on the training episodes."""
+        path, episode = train_dataset.episodes[0]
+        start = gekf.noise_from_provenance(gekf.provenance_of(path, episode))
+        with torch.no_grad():
+            for name, value in start.items():
+                getattr(self.ekf, f"log_{name}").fill_(float(np.log(max(value, gekf.NOISE_FLOOR))))
+        log(f"kalman fit_extra: gravity EKF noise from {'the log' if start != gekf.DEFAULT_NOISE else 'defaults'}: {self.ekf.noise_values()}")
+        if self.config.ekf_fit_epochs == 0:
+            return
+        seqs = []
+        for k in range(min(len(train_dataset.episodes), self.config.max_fit_episodes)):
+            x = train_dataset.sequence(k)
+            gyro, accel, gv, av, dt = self._imu_args(x)
+            seqs.append({"gyro": gyro, "accel": accel, "gyro_valid": gv, "accel_valid": av, "dt_s": dt, "target": x["target"],
+                         "target_valid": x["target_valid"], "tick_is_pad": x["tick_is_pad"]})
+        _, losses = gekf.fit(seqs, self.ekf, epochs=self.config.ekf_fit_epochs)
+        log(f"kalman fit_extra: gravity EKF tuned on {len(seqs)} episodes, squared error {losses[0]:.6g} -> {losses[-1]:.6g}; "
+            f"noise {self.ekf.noise_values()}")
 
     @torch.no_grad()
     def _fit_cv(self, train_dataset, log) -> None:
         """R = detector residual variance, P0 from target statistics, Q by innovation likelihood."""
         self.eval()
-        n_eps = min(len(train_dataset.episodes), self.config.max_fit_episodes)
-        seqs = [to_tensors(train_dataset.sequence(k), device=self.device) for k in range(n_eps)]
         zs, ys, oks, dts = [], [], [], []
-        for x in seqs:
+        for x in self._fit_sequences(train_dataset):
             zs.append(self._detect(x)[0].double())  # (T, D)
-            ys.append(((x["target"][0] - self.target_mean) / self.target_std).double())
-            oks.append((x["target_valid"][0] & ~x["tick_is_pad"][0]))
+            y, ok = self._normalized_target(x)
+            ys.append(y)
+            oks.append(ok)
             dts.append(x["dt_s"][0].double())
         res = torch.cat([(z - y)[ok] for z, y, ok in zip(zs, ys, oks)])
         self.r.copy_((res**2).mean(0).clamp(min=1e-6))
@@ -259,30 +430,24 @@ class KalmanModel(SequenceModel):
         log(f"kalman fit_extra: CV filter q {self.q.tolist()} (init {q0.tolist()}), r {self.r.tolist()}")
 
     def _fit_q(self, zs, dts, q0: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-        """Maximize the innovation log-likelihood of the detector outputs over log q (D,).
+        """Maximize the innovation log-likelihood of the detector outputs over log q (D,), on chunks of `chunk` ticks.
 
-        The CV filter is independent per dimension, so the fit runs D scalar-measurement filters of
-        state (p, v) side by side (the same recursion as `_run`, without the (2D)×(2D) algebra).
+        The same per-dimension recursion as `_filter_step`, differentiated through by Adam.
         """
         if self.config.q_steps == 0:
             return q0
         L = min(chunk, min(len(z) for z in zs))
         zc = torch.cat([z[: len(z) // L * L].reshape(-1, L, z.shape[-1]) for z in zs])  # (N, L, D)
-        dt = torch.cat([d[: len(d) // L * L].reshape(-1, L) for d in dts]).clamp(min=0.0)[..., None]  # (N, L, 1)
+        dt = torch.cat([d[: len(d) // L * L].reshape(-1, L) for d in dts])  # (N, L)
         N, D = zc.shape[0], zc.shape[-1]
-        A = torch.zeros(N, L, D, 2, 2, dtype=torch.float64)
-        A[..., 0, 0] = A[..., 1, 1] = 1.0
-        A[..., 0, 1] = dt
-        Qunit = torch.stack([torch.stack([dt**3 / 3, dt**2 / 2], -1), torch.stack([dt**2 / 2, dt], -1)], -2)  # (N, L, 1, 2, 2)
         P0 = torch.diag_embed(torch.stack([self.p0, self.v0], -1))  # (D, 2, 2)
         log_q = torch.log(q0).clone().requires_grad_(True)
         opt = torch.optim.Adam([log_q], lr=self.config.q_lr)
         with torch.enable_grad():
             for _ in range(self.config.q_steps):
-                Q = Qunit * log_q.exp()[:, None, None]  # (N, L, D, 2, 2)
-                m = torch.zeros(N, D, 2, dtype=torch.float64)
-                P = P0.expand(N, D, 2, 2)
-                m, P, _ = ss.update_first(m, P, zc[:, 0], self.r)
+                A, Q = self._cv_system(dt, log_q.exp())  # (N, L, 1, 2, 2), (N, L, D, 2, 2)
+                m = torch.zeros(N, D, 2, dtype=torch.float64, device=zc.device)
+                m, P, _ = ss.update_first(m, P0.expand(N, D, 2, 2), zc[:, 0], self.r)
                 ll = 0.0
                 for t in range(1, L):  # the first tick's likelihood depends on P0 only
                     m, P = ss.predict(m, P, A[:, t], Q[:, t])

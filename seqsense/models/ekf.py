@@ -1,0 +1,512 @@
+"""Extended Kalman filter for the direction of gravity in the body frame from a raw IMU (gyro + accel).
+
+Shape letters: B batch, T ticks. Frames as in `seqsense.scenarios.rotation`: q maps body to world,
+g_b = R(q)ᵀ (0, 0, −1) is the unit direction of gravity in the body frame, G = 9.80665 m/s².
+
+**State** x = (g, b) ∈ R⁶: g the gravity direction (body frame, kept unit), b the gyro bias (rad/s).
+
+**Process** over a step Δt with gyro reading ω̃ = ω + b + n_g (n_g white, density σ_g rad/s/√Hz):
+
+    φ = −(ω̃ − b) Δt,     g' = Exp(φ) g,     b' = b + w_b,   w_b ~ N(0, σ_b² Δt I)
+
+(the body turns by Exp(ωΔt), q' = q ⊗ Exp(ωΔt), so a world-fixed vector seen from the body turns the
+other way: g' = Exp(ωΔt)ᵀ g). With R = Exp(φ) (Rodrigues) and the right Jacobian J_r(φ)
+(Exp(φ + δ) = Exp(φ) Exp(J_r δ); J_r ≈ I − ½[φ]× + ⅙[φ]×², exact to O(|φ|³)),
+
+    L = ∂g'/∂φ = −R [g]× J_r,     F = [[R, L Δt], [0, I]],
+    Q = blockdiag(σ_g² Δt L Lᵀ, σ_b² Δt I),      P' = F P Fᵀ + Q.
+
+Which reading drives the step from t_{k−1} to t_k is `gyro_hold`: "previous" (ω̃_{k−1} held forward,
+q_k = q_{k−1} ⊗ Exp(ω_{k−1}Δt), exactly how `imu_motion` integrates, so the noise-free gyro tracks the
+truth to rounding) or "current" (ω̃_k, for IMUs whose sample averages the interval before it). The
+state carries the last valid reading ("gyro_prev"); an invalid gyro tick reuses it (zero-order hold).
+
+**Measurement** z = accel (specific force, body frame) = −G g + R(q)ᵀ a_w + n_a:
+
+    h(x) = −G g,   H = [−G I, 0],   R_k = (σ_a² + κ e_k²) I,   e_k = ‖z_k‖ − G.
+
+σ_a absorbs the body's linear acceleration (coloured, so the best σ_a is well above the sensor's white
+noise; `fit` learns it). The gate κ ≥ 0 inflates R when the measured magnitude departs from G (taps,
+strong motion): a 30 m/s² tap gives e ≈ 20 m/s² and the accelerometer is all but ignored for it.
+The 3×3 innovation covariance S = G² P_gg + R_k is inverted in closed form (adjugate / determinant),
+so the step traces into ONNX (no Cholesky or inverse op); the covariance update is in Joseph form.
+
+**Renormalisation** after each tick: g ← g / ‖g‖, and P ← T P Tᵀ with T = blockdiag(J, I),
+J = (I − ĝĝᵀ) / ‖g‖ the Jacobian of the normalisation. P_gg therefore lives in the tangent plane of g
+(rank 2): the magnitude of the accelerometer says nothing about the direction, and it pulls nothing.
+
+**First tick** (state "started" = 0): no predict; the first valid accelerometer sample sets
+g = −z/‖z‖, b = 0, P = blockdiag(p_g² (I − ggᵀ), p_b² I). Until then the output is the level prior
+(0, 0, −1) with unit variance.
+
+**Output**: mean g (B, 3) and per-axis variance var_i = P_gg,ii + (½ tr(P_gg²) + ¼ (tr P_gg)²) g_i²:
+the second moment of the radial error a unit-norm estimate makes (e = δ − ½|δ|² g for a tangent error
+δ ~ N(0, P_gg)), so the variance along g is not zero.
+
+Noise parameters θ = log(σ_g, σ_b, σ_a, p_g, p_b, κ) are learnable (nn.Parameters, float64); `fit`
+tunes them by Adam on the filter's squared error against the target, one step per short chunk, with
+the state's sensitivity to θ carried along the whole sequence (see `fit` for why not truncated
+back-propagation). `GravityEKF.from_provenance` starts from a generated log's scenario knobs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+GRAVITY_MPS2 = 9.80665  # the same constant as seqsense.scenarios.imu
+STATE_DIM = 6  # (g (3), b (3))
+GYRO_HOLDS = ("previous", "current")
+LOG_2PI = math.log(2.0 * math.pi)
+NOISE_NAMES = ("gyro_noise_density", "gyro_bias_walk", "accel_meas_std", "init_tilt_std", "init_bias_std", "accel_gate")
+DEFAULT_NOISE = {  # consumer MEMS values of seqsense.scenarios.imu; σ_a for ~1 m/s² rms linear acceleration
+    "gyro_noise_density": 1.7e-4,  # σ_g, rad/s/√Hz
+    "gyro_bias_walk": 2.0e-5,  # σ_b, rad/s²/√Hz
+    "accel_meas_std": 5.0,  # σ_a, m/s² per tick
+    "init_tilt_std": 0.1,  # p_g, rad
+    "init_bias_std": 0.005,  # p_b, rad/s
+    "accel_gate": 1.0,  # κ, dimensionless
+}
+NOISE_FLOOR = 1e-9  # noise values are stored as logs; zero knobs (noise-free logs) become this
+ACCEL_COLOUR = 5.0  # σ_a ≈ ACCEL_COLOUR · accel_std (coloured linear acceleration): best of 3, 5, 7, 10 on default 20 s imu_motion
+
+
+# ---- rotation algebra --------------------------------------------------------------------------
+def skew(v: torch.Tensor) -> torch.Tensor:
+    """The cross-product matrix [v]× (..., 3, 3) of vectors v (..., 3): [v]× u = v × u."""
+    x, y, z = v.unbind(-1)
+    o = torch.zeros_like(x)
+    return torch.stack([torch.stack([o, -z, y], -1), torch.stack([z, o, -x], -1), torch.stack([-y, x, o], -1)], -2)
+
+
+def so3_exp(phi: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices Exp(φ) (..., 3, 3) = I + (sin θ/θ)[φ]× + ((1 − cos θ)/θ²)[φ]×², θ = |φ|.
+
+    Below θ² = 1e-8 the Taylor series is used; the double `where` keeps gradients finite at φ = 0.
+    """
+    th2 = (phi * phi).sum(-1)  # (...,)
+    small = th2 < 1e-8
+    th = torch.sqrt(torch.where(small, torch.ones_like(th2), th2))
+    a = torch.where(small, 1.0 - th2 / 6.0, torch.sin(th) / th)
+    b = torch.where(small, 0.5 - th2 / 24.0, (1.0 - torch.cos(th)) / (th * th))
+    K = skew(phi)
+    eye = torch.eye(3, dtype=phi.dtype, device=phi.device)
+    return eye + a[..., None, None] * K + b[..., None, None] * (K @ K)
+
+
+def inv3(S: torch.Tensor):
+    """Closed-form inverse (..., 3, 3) and determinant (...,) of 3×3 matrices (adjugate / det)."""
+    a, b, c = S[..., 0, 0], S[..., 0, 1], S[..., 0, 2]
+    d, e, f = S[..., 1, 0], S[..., 1, 1], S[..., 1, 2]
+    g, h, i = S[..., 2, 0], S[..., 2, 1], S[..., 2, 2]
+    c00, c01, c02 = e * i - f * h, f * g - d * i, d * h - e * g  # cofactors of the first row
+    det = a * c00 + b * c01 + c * c02
+    adj = torch.stack([
+        torch.stack([c00, c * h - b * i, b * f - c * e], -1),
+        torch.stack([c01, a * i - c * g, c * d - a * f], -1),
+        torch.stack([c02, b * g - a * h, a * e - b * d], -1),
+    ], -2)
+    return adj / det[..., None, None], det
+
+
+# ---- one EKF step, as plain functions ---------------------------------------------------------------
+# Noise arguments are scalars (one filter) or (B,) tensors (one value per row, as `fit` uses them).
+def _per_row(x) -> torch.Tensor:
+    """A noise value, scalar or (B,), shaped (1 or B, 1, 1) to scale (B, 3, 3) blocks."""
+    return torch.as_tensor(x).reshape(-1, 1, 1)
+
+
+def predict(m: torch.Tensor, P: torch.Tensor, gyro: torch.Tensor, dt_s: torch.Tensor, sigma_g, sigma_b):
+    """EKF predict of m (B, 6), P (B, 6, 6) over Δt (B,) with gyro readings ω̃ (B, 3) (module docstring)."""
+    g, b = m[:, :3], m[:, 3:]
+    dt = dt_s.clamp(min=0.0)[:, None]  # (B, 1)
+    phi = -(gyro - b) * dt  # (B, 3)
+    R = so3_exp(phi)  # (B, 3, 3)
+    g_new = (R @ g.unsqueeze(-1)).squeeze(-1)
+    K = skew(phi)
+    eye = torch.eye(3, dtype=m.dtype, device=m.device)
+    Jr = eye - 0.5 * K + (K @ K) / 6.0
+    L = -R @ skew(g) @ Jr  # (B, 3, 3) = ∂g'/∂φ
+    Ldt = L * dt[..., None]
+    zero = torch.zeros_like(R)
+    F = torch.cat([torch.cat([R, Ldt], -1), torch.cat([zero, eye.expand_as(R)], -1)], -2)  # (B, 6, 6)
+    Qg = _per_row(sigma_g) ** 2 * dt[..., None] * (L @ L.transpose(-1, -2))
+    Qb = _per_row(sigma_b) ** 2 * dt[..., None] * eye
+    Q = torch.cat([torch.cat([Qg, zero], -1), torch.cat([zero, Qb], -1)], -2)
+    P = F @ P @ F.transpose(-1, -2) + Q
+    return torch.cat([g_new, b], -1), 0.5 * (P + P.transpose(-1, -2))
+
+
+def update(m: torch.Tensor, P: torch.Tensor, accel: torch.Tensor, sigma_a, gate):
+    """EKF update with z = accel (B, 3), h = −G g, R = (σ_a² + κ(‖z‖ − G)²) I; returns (m, P, log-lik (B,))."""
+    G = GRAVITY_MPS2
+    e = torch.sqrt((accel * accel).sum(-1) + 1e-12) - G  # (B,); the epsilon keeps gradients finite at z = 0
+    r = sigma_a**2 + gate * e * e  # (B,)
+    eye3 = torch.eye(3, dtype=m.dtype, device=m.device)
+    v = accel + G * m[:, :3]  # (B, 3) innovation z − h(m)
+    PHt = -G * P[:, :, :3]  # (B, 6, 3)
+    S = G * G * P[:, :3, :3] + r[:, None, None] * eye3  # (B, 3, 3)
+    S_inv, det = inv3(0.5 * (S + S.transpose(-1, -2)))
+    K = PHt @ S_inv  # (B, 6, 3)
+    m = m + (K @ v.unsqueeze(-1)).squeeze(-1)
+    KH = torch.cat([-G * K, torch.zeros_like(K)], -1)  # (B, 6, 6)
+    IKH = torch.eye(STATE_DIM, dtype=m.dtype, device=m.device) - KH
+    P = IKH @ P @ IKH.transpose(-1, -2) + r[:, None, None] * (K @ K.transpose(-1, -2))
+    ll = -0.5 * (3 * LOG_2PI + torch.log(det) + (v.unsqueeze(-2) @ S_inv @ v.unsqueeze(-1))[:, 0, 0])
+    return m, 0.5 * (P + P.transpose(-1, -2)), ll
+
+
+def renormalize(m: torch.Tensor, P: torch.Tensor):
+    """g ← g/‖g‖ and P ← T P Tᵀ, T = blockdiag((I − ĝĝᵀ)/‖g‖, I): P_gg moves into the tangent plane of g."""
+    g = m[:, :3]
+    n = torch.sqrt((g * g).sum(-1)).clamp(min=1e-12)  # (B,)
+    gh = g / n[:, None]
+    eye3 = torch.eye(3, dtype=m.dtype, device=m.device)
+    J = (eye3 - gh.unsqueeze(-1) * gh.unsqueeze(-2)) / n[:, None, None]  # (B, 3, 3)
+    zero = torch.zeros_like(J)
+    T = torch.cat([torch.cat([J, zero], -1), torch.cat([zero, eye3.expand_as(J)], -1)], -2)
+    P = T @ P @ T.transpose(-1, -2)
+    return torch.cat([gh, m[:, 3:]], -1), 0.5 * (P + P.transpose(-1, -2))
+
+
+def accel_init(accel: torch.Tensor, tilt_std, bias_std):
+    """State from one accelerometer sample (B, 3): g = −z/‖z‖, b = 0, P = blockdiag(p_g²(I − ggᵀ), p_b² I)."""
+    g = -accel / torch.sqrt((accel * accel).sum(-1, keepdim=True) + 1e-18)
+    eye3 = torch.eye(3, dtype=accel.dtype, device=accel.device)
+    Pg = _per_row(tilt_std) ** 2 * (eye3 - g.unsqueeze(-1) * g.unsqueeze(-2))
+    Pb = _per_row(bias_std) ** 2 * eye3.expand(Pg.shape)
+    zero = torch.zeros_like(Pg)
+    P = torch.cat([torch.cat([Pg, zero], -1), torch.cat([zero, Pb], -1)], -2)
+    return torch.cat([g, torch.zeros_like(g)], -1), P
+
+
+def gravity_output(m: torch.Tensor, P: torch.Tensor):
+    """Mean g (..., 3) and per-axis variance P_gg,ii + (½ tr(P_gg²) + ¼ (tr P_gg)²) g_i² (module docstring)."""
+    g, Pg = m[..., :3], P[..., :3, :3]
+    diag = (Pg * torch.eye(3, dtype=P.dtype, device=P.device)).sum(-1)  # not torch.diagonal: its ONNX form has If nodes
+    tr = diag.sum(-1)
+    tr2 = (Pg * Pg).sum((-2, -1))  # tr(P²) of a symmetric P
+    var = diag + (0.5 * tr2 + 0.25 * tr * tr)[..., None] * g * g
+    return g, var.clamp(min=1e-12)
+
+
+# ---- the module ------------------------------------------------------------------------------------
+class GravityEKF(nn.Module):
+    """The gravity-direction EKF: owns the six noise parameters (float64, log space) and the gyro timing.
+
+    Streaming: `init_state(B)`, then `step(gyro, accel, gyro_valid, accel_valid, dt_s, state)` per tick;
+    offline: `run` over windows (B, T, ...), the same loop. The maths is in the module docstring.
+    """
+
+    def __init__(self, gyro_hold: str = "previous", **noise: float):
+        super().__init__()
+        if gyro_hold not in GYRO_HOLDS:
+            raise ValueError(f"GravityEKF: gyro_hold must be one of {GYRO_HOLDS}, got {gyro_hold!r}.")
+        unknown = sorted(set(noise) - set(NOISE_NAMES))
+        if unknown:
+            raise ValueError(f"GravityEKF: unknown noise parameter(s) {unknown}; valid: {', '.join(NOISE_NAMES)}.")
+        self.gyro_hold = gyro_hold
+        for name in NOISE_NAMES:
+            value = float(noise.get(name, DEFAULT_NOISE[name]))
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"GravityEKF: {name} must be a finite number >= 0, got {value!r}.")
+            self.register_parameter(f"log_{name}", nn.Parameter(torch.tensor(math.log(max(value, NOISE_FLOOR)), dtype=torch.float64)))
+
+    @classmethod
+    def from_provenance(cls, provenance: dict, gyro_hold: str = "previous") -> "GravityEKF":
+        """A filter whose noise starts from an `imu_motion`-style provenance (`noise_from_provenance`)."""
+        return cls(gyro_hold=gyro_hold, **noise_from_provenance(provenance))
+
+    def noise(self) -> dict[str, torch.Tensor]:
+        """The noise parameters by name (positive, float64 scalars, differentiable)."""
+        return {name: getattr(self, f"log_{name}").exp() for name in NOISE_NAMES}
+
+    def noise_values(self) -> dict[str, float]:
+        """The noise parameters as plain floats (for logs and reports)."""
+        return {k: float(v.detach()) for k, v in self.noise().items()}
+
+    def init_state(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
+        """Before any accelerometer sample: m = (0, 0, −1, 0, 0, 0), P = blockdiag(I, p_b² I), started = 0."""
+        dev = self.log_accel_meas_std.device
+        m = torch.zeros(batch_size, STATE_DIM, dtype=torch.float64, device=dev)
+        m[:, 2] = -1.0
+        pb2 = float(self.log_init_bias_std.detach().exp()) ** 2
+        diag = torch.tensor([1.0, 1.0, 1.0, pb2, pb2, pb2], dtype=torch.float64, device=dev)
+        P = torch.diag_embed(diag).expand(batch_size, STATE_DIM, STATE_DIM).clone()
+        zeros = torch.zeros(batch_size, dtype=torch.float64, device=dev)
+        return {"m": m, "P": P, "started": zeros, "gyro_prev": torch.zeros(batch_size, 3, dtype=torch.float64, device=dev)}
+
+    def step(self, gyro, accel, gyro_valid, accel_valid, dt_s, state):
+        """One tick: gyro/accel (B, 3), masks and dt_s (B,) -> (mean g (B, 3) f32, var (B, 3) f32, next state)."""
+        _check_tick(gyro, accel, gyro_valid, accel_valid, dt_s, state)
+        nxt = self._advance(gyro, accel, gyro_valid, accel_valid, dt_s, state)
+        mean, var = gravity_output(nxt["m"], nxt["P"])
+        return mean.float(), var.float(), nxt
+
+    def run(self, gyro, accel, gyro_valid, accel_valid, dt_s, state=None):
+        """Windows gyro/accel (B, T, 3), masks and dt_s (B, T) -> (mean (B, T, 3), var (B, T, 3) f32, last state)."""
+        m, P, state = self.run64(gyro, accel, gyro_valid, accel_valid, dt_s, state)
+        mean, var = gravity_output(m, P)
+        return mean.float(), var.float(), state
+
+    def run64(self, gyro, accel, gyro_valid, accel_valid, dt_s, state=None):
+        """`run` keeping float64 states: m (B, T, 6), P (B, T, 6, 6) and the last state (differentiable)."""
+        if gyro.dim() != 3:
+            raise ValueError(f"GravityEKF.run: stream 'gyro' must be (B, T, 3), got {tuple(gyro.shape)}.")
+        B, T = gyro.shape[:2]
+        state = self.init_state(B) if state is None else state
+        ms, Ps = [], []
+        for t in range(T):
+            args = (gyro[:, t], accel[:, t], gyro_valid[:, t], accel_valid[:, t], dt_s[:, t])
+            _check_tick(*args, state)
+            state = self._advance(*args, state)
+            ms.append(state["m"])
+            Ps.append(state["P"])
+        return torch.stack(ms, 1), torch.stack(Ps, 1), state
+
+    def _advance(self, gyro, accel, gyro_valid, accel_valid, dt_s, state) -> dict[str, torch.Tensor]:
+        """The next state after one tick with this filter's noise (see `advance`)."""
+        return advance(self.noise(), self.gyro_hold, gyro, accel, gyro_valid, accel_valid, dt_s, state)
+
+
+def advance(noise: dict, gyro_hold: str, gyro, accel, gyro_valid, accel_valid, dt_s, state) -> dict[str, torch.Tensor]:
+    """The next state (float64) after one tick: hold the gyro, predict, update, first-tick init, renormalise.
+
+    Tensor ops only, no branching on values, so it traces into ONNX; noise values may be scalars or
+    (B,) (one filter per row, as `fit` runs them).
+    """
+    w_new = gyro.to(torch.float64)
+    z = accel.to(torch.float64)
+    gv = gyro_valid.to(torch.bool)[:, None]
+    av = accel_valid.to(torch.bool)
+    w_held = torch.where(gv, w_new, state["gyro_prev"])  # last valid reading, this tick's if valid
+    w = state["gyro_prev"] if gyro_hold == "previous" else w_held
+    m, P = predict(state["m"], state["P"], w, dt_s.to(torch.float64), noise["gyro_noise_density"], noise["gyro_bias_walk"])
+    mu, Pu, _ = update(m, P, z, noise["accel_meas_std"], noise["accel_gate"])
+    m = torch.where(av[:, None], mu, m)
+    P = torch.where(av[:, None, None], Pu, P)
+    m0, P0 = accel_init(z, noise["init_tilt_std"], noise["init_bias_std"])
+    go = state["started"] > 0.5  # (B,)
+    first = ~go & av  # the first valid accelerometer sample initialises instead
+    m = torch.where(go[:, None], m, torch.where(first[:, None], m0, state["m"]))
+    P = torch.where(go[:, None, None], P, torch.where(first[:, None, None], P0, state["P"]))
+    m, P = renormalize(m, P)
+    started = torch.where(go | av, torch.ones_like(state["started"]), state["started"])
+    return {"m": m, "P": P, "started": started, "gyro_prev": w_held}
+
+
+def _check_tick(gyro, accel, gyro_valid, accel_valid, dt_s, state) -> None:
+    """ValueError naming the stream whose shape does not fit one tick of batch B."""
+    B = gyro.shape[0] if gyro.dim() == 2 else None
+    for name, x, shape in (("gyro", gyro, (B, 3)), ("accel", accel, (B, 3)), ("gyro_valid", gyro_valid, (B,)),
+                           ("accel_valid", accel_valid, (B,)), ("dt_s", dt_s, (B,))):
+        if B is None or tuple(x.shape) != shape:
+            raise ValueError(f"GravityEKF.step: stream {name!r} must be {('B', *shape[1:])} with B = batch of 'gyro', "
+                             f"got {tuple(x.shape)} (gyro {tuple(gyro.shape)}).")
+    want = {"m": (B, STATE_DIM), "P": (B, STATE_DIM, STATE_DIM), "started": (B,), "gyro_prev": (B, 3)}
+    for k, shape in want.items():
+        if k not in state or tuple(state[k].shape) != shape:
+            got = tuple(state[k].shape) if k in state else "missing"
+            raise ValueError(f"GravityEKF.step: state {k!r} must be {shape}, got {got}; start from init_state({B}).")
+
+
+# ---- starting values from a log --------------------------------------------------------------------
+def noise_from_provenance(provenance: dict) -> dict[str, float]:
+    """Noise starting values from scenario knobs (`imu_motion`: provenance["knobs"]), defaults otherwise.
+
+    σ_g = gyro_noise_density, σ_b = gyro_bias_walk, p_b = gyro_bias_std; the linear acceleration
+    (accel_std per axis, coloured) dominates the accelerometer error, so σ_a = ACCEL_COLOUR · accel_std
+    (plus the white noise accel_noise_density·√rate_hz in quadrature), and the first tilt error
+    p_g = atan(√(accel_std² + bias²)/G).
+    """
+    knobs = provenance.get("knobs") if isinstance(provenance, dict) else None
+    out = dict(DEFAULT_NOISE)
+    if not isinstance(knobs, dict):
+        return out
+    get = lambda k: float(knobs[k]) if isinstance(knobs.get(k), (int, float)) and not isinstance(knobs.get(k), bool) else None  # noqa: E731
+    for name, knob in (("gyro_noise_density", "gyro_noise_density"), ("gyro_bias_walk", "gyro_bias_walk"), ("init_bias_std", "gyro_bias_std")):
+        if get(knob) is not None:
+            out[name] = get(knob)
+    lin, dens, rate, ab = get("accel_std"), get("accel_noise_density"), get("rate_hz"), get("accel_bias_std")
+    if lin is not None:
+        white2 = (dens or 0.0) ** 2 * (rate or 200.0) + (ab or 0.0) ** 2
+        out["accel_meas_std"] = max(math.sqrt((ACCEL_COLOUR * lin) ** 2 + white2), 1e-3)
+        out["init_tilt_std"] = max(math.atan(math.sqrt(lin**2 + (ab or 0.0) ** 2) / GRAVITY_MPS2), 1e-3)
+    return out
+
+
+def provenance_of(path, episode: str | None = None) -> dict:
+    """The provenance of a log file's episode (when it holds knobs) or else of the file, as `kalman.find_system` reads it."""
+    from seqsense.log.reader import open_log
+
+    log = open_log(path)
+    try:
+        if episode is not None and isinstance(log.episode(episode).provenance.get("knobs"), dict):
+            return log.episode(episode).provenance
+        return log.provenance
+    finally:
+        log.close()
+
+
+# ---- fitting ----------------------------------------------------------------------------------------
+SEQUENCE_KEYS = ("gyro", "accel", "gyro_valid", "accel_valid", "dt_s", "target", "target_valid")
+
+
+def stack_sequences(sequences: Sequence[dict], device=None) -> dict[str, torch.Tensor]:
+    """Sequences (dicts of (T, ...) arrays, e.g. `WindowDataset.sequence(k)`) -> batch (N, T_max, ...) tensors.
+
+    Ticks past a sequence's end, and ticks flagged `tick_is_pad`, get dt_s = 0 and no valid
+    measurement or target, so they change nothing.
+    """
+    if not sequences:
+        raise ValueError("GravityEKF fit: no sequences given; pass at least one dict with keys " + ", ".join(SEQUENCE_KEYS) + ".")
+    for i, s in enumerate(sequences):
+        missing = [k for k in SEQUENCE_KEYS if k not in s]
+        if missing:
+            raise ValueError(f"GravityEKF fit: sequence {i} lacks {missing}; needed: {', '.join(SEQUENCE_KEYS)} "
+                             "(inputs gyro and accel, target truth/gravity_body).")
+        for k in ("gyro", "accel", "target"):
+            shape = tuple(np.shape(s[k]))
+            if len(shape) != 2 or shape[1] != 3:
+                raise ValueError(f"GravityEKF fit: sequence {i} stream {k!r} must be (T, 3), got {shape}.")
+    T = max(len(s["dt_s"]) for s in sequences)
+    out = {}
+    for k in SEQUENCE_KEYS:
+        rows = []
+        for s in sequences:
+            x = torch.as_tensor(np.asarray(s[k]), device=device)
+            x = x.to(torch.bool) if k.endswith("_valid") else x.to(torch.float64)
+            if k.endswith("_valid") or k == "dt_s":
+                pad = torch.as_tensor(np.asarray(s.get("tick_is_pad", np.zeros(len(x), bool))), device=device).to(torch.bool)
+                x = x & ~pad if x.dtype == torch.bool else torch.where(pad, torch.zeros_like(x), x)
+            rows.append(torch.cat([x, torch.zeros((T - len(x),) + x.shape[1:], dtype=x.dtype, device=device)]))
+        out[k] = torch.stack(rows)
+    return out
+
+
+def _tick_losses(mean: torch.Tensor, var: torch.Tensor, y: torch.Tensor, ok: torch.Tensor, loss: str) -> torch.Tensor:
+    """Per-tick loss (...,): squared error ‖ĝ − g‖² or Gaussian NLL summed over axes; 0 where the target is invalid."""
+    if loss == "mse":
+        per = ((mean - y) ** 2).sum(-1)
+    else:
+        per = 0.5 * (torch.log(var) + (mean - y) ** 2 / var + LOG_2PI).sum(-1)
+    return torch.where(ok, per, torch.zeros_like(per))
+
+
+@torch.no_grad()
+def sequence_loss(ekf: GravityEKF, sequences: Sequence[dict], loss: str = "mse") -> float:
+    """Mean per-tick loss (‖ĝ − g‖² or NLL) of the filter run over whole sequences from reset."""
+    b = sequences if isinstance(sequences, dict) else stack_sequences(sequences, ekf.log_accel_meas_std.device)
+    m, P, _ = ekf.run64(b["gyro"], b["accel"], b["gyro_valid"], b["accel_valid"], b["dt_s"])
+    per = _tick_losses(*gravity_output(m, P), b["target"], b["target_valid"], loss)
+    return float(per.sum() / b["target_valid"].sum().clamp(min=1))
+
+
+FD_STEP = 1e-3  # central-difference step in log-noise space (relative 0.1 %)
+
+
+def _directions(k: int, dtype) -> torch.Tensor:
+    """Offsets (1 + 2k, k) of θ: the base point, then +h e_j and −h e_j for each parameter j."""
+    eye = torch.eye(k, dtype=dtype)
+    return torch.cat([torch.zeros(1, k, dtype=dtype), FD_STEP * eye, -FD_STEP * eye])
+
+
+@torch.no_grad()
+def _fit_epoch(ekf: GravityEKF, b: dict, opt, chunk_ticks: int, loss: str, budget: list) -> float:
+    """One pass of `fit` over the stacked sequences b (N, T, ...); returns the mean loss at θ."""
+    params = [getattr(ekf, f"log_{k}") for k in NOISE_NAMES]
+    N, T = b["dt_s"].shape
+    K = len(params)
+    offsets = _directions(K, torch.float64).to(b["dt_s"].device)  # (D, K), D = 2K + 1
+    D = offsets.shape[0]
+    rows = {k: v.repeat((D,) + (1,) * (v.dim() - 1)) for k, v in b.items()}  # (D·N, T, ...), direction-major
+    state = ekf.init_state(D * N)
+    chunk = torch.zeros(D, dtype=torch.float64, device=offsets.device)  # loss sums per direction over the chunk
+    total, count, n_chunk = 0.0, 0, 0
+    for t in range(T):
+        x = {k: v[:, t] for k, v in rows.items()}
+        theta = torch.stack([p.detach() for p in params]) + offsets  # (D, K)
+        noise = {k: theta[:, j].repeat_interleave(N).exp() for j, k in enumerate(NOISE_NAMES)}  # (D·N,)
+        state = advance(noise, ekf.gyro_hold, x["gyro"], x["accel"], x["gyro_valid"], x["accel_valid"], x["dt_s"], state)
+        per = _tick_losses(*gravity_output(state["m"], state["P"]), x["target"], x["target_valid"], loss)  # (D·N,)
+        chunk += per.reshape(D, N).sum(1)
+        n = int(b["target_valid"][:, t].sum())
+        total, count, n_chunk = total + float(per[:N].sum()), count + n, n_chunk + n
+        if (t + 1) % chunk_ticks == 0 or t == T - 1:
+            if n_chunk > 0 and budget[0] > 0:
+                grad = (chunk[1 : K + 1] - chunk[K + 1 :]) / (2 * FD_STEP * n_chunk)  # (K,) = dL/dθ
+                for p, g in zip(params, grad):
+                    p.grad = g.to(p.dtype).reshape(p.shape) if p.requires_grad else None
+                opt.step()
+                budget[0] -= 1
+            chunk.zero_()
+            n_chunk = 0
+    return total / max(count, 1)
+
+
+def fit(sequences: Sequence[dict], ekf: GravityEKF | None = None, *, epochs: int = 3, chunk_ticks: int = 100,
+        lr: float = 0.02, loss: str = "mse", max_steps: int = 0, log: Callable[[str], None] | None = None):
+    """Tune the noise parameters θ (log space) by Adam on the filter's per-tick loss; returns (ekf, losses).
+
+    Each epoch runs all sequences side by side from reset; every `chunk_ticks` ticks one Adam step
+    follows the gradient of that chunk's mean loss (squared error ‖ĝ − g‖², or "nll").
+
+    The gradient is not back-propagated through the chunk alone: the tilt filter's memory (tens of
+    seconds at consumer gyro noise) outlasts any short chunk, and gradients truncated at the chunk
+    start favour trusting the accelerometer too much (they cannot see the error it brings in
+    later; measured with 100-tick chunks: σ_a fell 3.0 → 1.8 m/s² and the mean squared error rose
+    0.0045 → 0.0055 in three epochs, while whole-sequence gradients raise σ_a). Instead the sensitivity of the state to θ is carried along the
+    whole sequence (real-time recurrent learning), by central differences: 2K + 1 filters per
+    sequence run side by side at θ and θ ± h e_j (K = 6, h = FD_STEP), and dL/dθ_j =
+    (L(θ + h e_j) − L(θ − h e_j)) / 2h over the chunk. This costs one batched forward pass (memory
+    O(1) in the sequence length) and is exact to O(h²); after an Adam step the carried states are
+    slightly stale, as usual in RTRL. Parameters with requires_grad=False stay fixed. `losses` holds
+    each epoch's mean loss at θ; `max_steps` > 0 caps the Adam steps.
+    """
+    if loss not in ("mse", "nll"):
+        raise ValueError(f"GravityEKF fit: loss must be 'mse' or 'nll', got {loss!r}.")
+    if epochs < 1 or chunk_ticks < 1 or not lr > 0 or max_steps < 0:
+        raise ValueError(f"GravityEKF fit: need epochs >= 1, chunk_ticks >= 1, lr > 0, max_steps >= 0; "
+                         f"got {epochs}, {chunk_ticks}, {lr}, {max_steps}.")
+    ekf = GravityEKF() if ekf is None else ekf
+    b = stack_sequences(sequences, ekf.log_accel_meas_std.device)
+    params = [getattr(ekf, f"log_{k}") for k in NOISE_NAMES]
+    if not any(p.requires_grad for p in params):
+        raise ValueError("GravityEKF fit: every noise parameter has requires_grad=False; nothing to fit.")
+    opt = torch.optim.Adam([p for p in params if p.requires_grad], lr=lr)
+    losses, budget = [], [max_steps or math.inf]  # Adam steps left, shared across epochs
+    for epoch in range(epochs):
+        losses.append(_fit_epoch(ekf, b, opt, chunk_ticks, loss, budget))
+        if log is not None:
+            log(f"ekf fit epoch {epoch + 1}/{epochs}: {loss} {losses[-1]:.6g}, noise {ekf.noise_values()}")
+    for p in params:
+        p.grad = None
+    return ekf, losses
+
+
+# ---- baselines ---------------------------------------------------------------------------------------
+def accel_only(accel: torch.Tensor) -> torch.Tensor:
+    """The memoryless estimate −z/‖z‖ (..., 3) of the gravity direction from accelerometer samples."""
+    a = torch.as_tensor(accel, dtype=torch.float64)
+    return -a / torch.sqrt((a * a).sum(-1, keepdim=True)).clamp(min=1e-9)
+
+
+@torch.no_grad()
+def gyro_only(ekf: GravityEKF, gyro, accel, gyro_valid, accel_valid, dt_s) -> torch.Tensor:
+    """Pure gyro integration (B, T, 3): started from the first valid accelerometer sample, never corrected."""
+    av = torch.as_tensor(accel_valid).to(torch.bool)
+    first = av & (torch.cumsum(av.to(torch.int64), 1) == 1)  # only the first valid sample is kept
+    m, _, _ = ekf.run64(gyro, accel, gyro_valid, first, dt_s)
+    return m[..., :3]
+
+
+def angle_error_deg(est: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Angle (degrees) between direction estimates and true unit vectors (..., 3)."""
+    est = torch.as_tensor(est, dtype=torch.float64)
+    truth = torch.as_tensor(truth, dtype=torch.float64)
+    cross = torch.linalg.vector_norm(torch.cross(est, truth, dim=-1), dim=-1)
+    return torch.rad2deg(torch.atan2(cross, (est * truth).sum(-1)))
