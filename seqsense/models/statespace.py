@@ -77,11 +77,12 @@ def matern_sde(nu: float, lengthscale: torch.Tensor, outputscale: torch.Tensor):
     return F, P
 
 
-def nilpotent_part(F: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """λ (D,) and the nilpotent N = F + λI (D, s, s) of a Matérn feedback matrix F (D, s, s)."""
+def nilpotent_part(F: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """−λ (D, 1, 1), the nilpotent N = F + λI (D, s, s) and I (s, s) of a Matérn feedback matrix F (D, s, s)."""
     s = F.shape[-1]
     lam = -F[:, s - 1, s - 1] / s  # the last diagonal entry is −s λ
-    return lam, F + lam[:, None, None] * torch.eye(s, dtype=F.dtype, device=F.device)
+    eye = torch.eye(s, dtype=F.dtype, device=F.device)
+    return -lam[:, None, None], F + lam[:, None, None] * eye, eye
 
 
 def stationary_transition(F: torch.Tensor, dt_s: torch.Tensor, parts: tuple | None = None) -> torch.Tensor:
@@ -91,15 +92,14 @@ def stationary_transition(F: torch.Tensor, dt_s: torch.Tensor, parts: tuple | No
     the closed form A = e^(−λΔt) Σ_{k<s} (N Δt)^k / k!  (no `matrix_exp`, which ONNX lacks).
     `parts` = `nilpotent_part(F)` when the caller keeps it.
     """
-    lam, N = parts if parts is not None else nilpotent_part(F)
-    s = F.shape[-1]
+    neg_lam, N, eye = parts if parts is not None else nilpotent_part(F)
     dt = dt_s.to(F.dtype).clamp(min=0.0)[..., None, None, None]  # (..., 1, 1, 1)
-    A = torch.eye(s, dtype=F.dtype, device=F.device) + N * dt
+    A = eye + N * dt
     term = N
-    for k in range(2, s):
+    for k in range(2, F.shape[-1]):
         term = term @ N
         A = A + term * (dt**k / math.factorial(k))  # (N Δt)^k / k!
-    return torch.exp(-lam[:, None, None] * dt) * A  # (..., D, s, s)
+    return torch.exp(neg_lam * dt) * A  # (..., D, s, s)
 
 
 def discretize_stationary(F: torch.Tensor, Pinf: torch.Tensor, dt_s: torch.Tensor):
@@ -149,9 +149,11 @@ def update_first(m: torch.Tensor, P: torch.Tensor, z: torch.Tensor, r: torch.Ten
     v = z - m[..., 0]  # (...,)
     m_new = m + K * v.unsqueeze(-1)
     P_new = P - K.unsqueeze(-1) * K.unsqueeze(-2) * S[..., None, None]
-    ll = -0.5 * (LOG_2PI + torch.log(S) + v**2 / S) if loglik else torch.zeros_like(S)
-    m, P, ll = _keep_where_invalid(valid, (m, P), (m_new, P_new, ll))
-    return m, P, ll if loglik else None
+    if not loglik:
+        m_new, P_new, _ = _keep_where_invalid(valid, (m, P), (m_new, P_new, S))  # S stands in for the unused ll
+        return m_new, P_new, None
+    ll = -0.5 * (LOG_2PI + torch.log(S) + v**2 / S)
+    return _keep_where_invalid(valid, (m, P), (m_new, P_new, ll))
 
 
 def update(m: torch.Tensor, P: torch.Tensor, z: torch.Tensor, H: torch.Tensor, R: torch.Tensor, valid: torch.Tensor | None = None):
