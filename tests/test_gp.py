@@ -189,3 +189,22 @@ def test_gp_near_optimal_on_linear_gaussian(tmp_path):
         err_opt.append((ds.index(k).episode.stream("optimal/filter_mean").data[()] - seq["target"]) ** 2)
     ratio = np.concatenate(err).mean() / np.concatenate(err_opt).mean()
     assert ratio < 1.1, ratio
+
+
+def test_cached_constants_follow_the_hyperparameters(gp_log):
+    """Streaming reuses the SDE matrices only while the hyper-parameters are unchanged."""
+    path, _ = gp_log
+    model, ds = build("gp", path, window=16, hidden=16)
+    seq = ds.sequence(0)
+    before = model.predict(seq)["mean"]
+    with torch.no_grad():
+        model.prior.kernel.base_kernel.raw_lengthscale.add_(1.0)  # in place: same storage, new version
+    after = model.predict(seq)["mean"]
+    assert np.abs(after - before).max() > 1e-3
+    with torch.enable_grad():  # with gradients the constants are always recomputed: same numbers
+        fresh = model({k: torch.as_tensor(v)[None] for k, v in seq.items()})["mean"][0].detach().numpy()
+    np.testing.assert_allclose(fresh, after, atol=1e-6)
+    with torch.inference_mode():  # a model whose tensors are inference tensors has no versions: no cache, no error
+        frozen, _ = build("gp", path, window=16, hidden=16)
+        assert frozen.prior.kernel.base_kernel.raw_lengthscale.is_inference()
+        np.testing.assert_allclose(stream_through(frozen, seq)["mean"], frozen.predict(seq)["mean"], atol=1e-5)

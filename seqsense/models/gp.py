@@ -142,7 +142,8 @@ class GPModel(SequenceModel):
         same storage at the same version, so a step skips gpytorch's constraint transforms and the SDE
         assembly (about a third of a sensor-only step).
         """
-        if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        uncached = torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+        if uncached or any(p.is_inference() for p in self._hyper_params):  # inference tensors keep no version
             return self._compute_constants()
         key = tuple((p.data_ptr(), p._version) for p in self._hyper_params)
         if self._constants_cache is None or self._constants_cache[0] != key:
