@@ -399,7 +399,7 @@ class KalmanModel(SequenceModel):
             seqs.append({"gyro": gyro, "accel": accel, "gyro_valid": gv, "accel_valid": av, "dt_s": dt, "target": x["target"],
                          "target_valid": x["target_valid"], "tick_is_pad": x["tick_is_pad"]})
         _, losses = gekf.fit(seqs, self.ekf, epochs=self.config.ekf_fit_epochs)
-        log(f"kalman fit_extra: gravity EKF tuned on {len(seqs)} episodes, squared error {losses[0]:.6g} -> {losses[-1]:.6g}; "
+        log(f"kalman fit_extra: gravity EKF tuned on {len(seqs)} episodes, squared error per epoch {[round(x, 6) for x in losses]}; "
             f"noise {self.ekf.noise_values()}")
 
     @torch.no_grad()
