@@ -116,7 +116,6 @@ class GPModel(SequenceModel):
             batch_shape=torch.Size([d]), noise_constraint=gpytorch.constraints.GreaterThan(1e-6)
         )
         self.likelihood.noise = torch.full((d, 1), float(config.target_noise))
-        self._hyper_params = self.hyperparameters()
         self._constants_cache: tuple | None = None  # (key, constants), see `_constants`
 
     @property
@@ -142,10 +141,16 @@ class GPModel(SequenceModel):
         same storage at the same version, so a step skips gpytorch's constraint transforms and the SDE
         assembly (about a third of a sensor-only step).
         """
-        uncached = torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling()
-        if uncached or any(p.is_inference() for p in self._hyper_params):  # inference tensors keep no version
+        if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
             return self._compute_constants()
-        key = tuple((p.data_ptr(), p._version) for p in self._hyper_params)
+        # the current tensors (load_state_dict(assign=True) may replace them), read from the modules'
+        # parameter dicts: gpytorch's attribute lookup costs ~15 µs here, a third of the saving
+        kernel = self.prior._modules["kernel"]
+        params = (kernel._parameters["raw_outputscale"], kernel._modules["base_kernel"]._parameters["raw_lengthscale"],
+                  self.likelihood._modules["noise_covar"]._parameters["raw_noise"])
+        if any(p.is_inference() for p in params):  # inference tensors keep no version: no cache
+            return self._compute_constants()
+        key = tuple((p.data_ptr(), p._version) for p in params)
         if self._constants_cache is None or self._constants_cache[0] != key:
             self._constants_cache = (key, self._compute_constants())
         return self._constants_cache[1]

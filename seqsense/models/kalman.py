@@ -230,16 +230,16 @@ class KalmanModel(SequenceModel):
         return m0.expand(batch_size, *m0.shape).clone(), P0.expand(batch_size, *P0.shape).clone()
 
     def _filter_step(self, m, P, started, dt_s, z, valid):
-        """Predict over dt_s (where started), then update with z (B, m); returns (m, P, log-likelihood)."""
+        """Predict over dt_s (where started), then update with z (B, m); returns (m, P)."""
         if not self.uses_system:  # not started: Δt = 0, so A = I, Q = 0 and the prediction is the prior itself
             A, Q = self._cv_system(dt_s.double() * started)  # dt_s is finite (0 at the first tick): a product is cheaper than where
             m, P = ss.predict(m, P, A, Q)
-            return ss.update_first(m, P, z, self.r)
+            return ss.update_first(m, P, z, self.r, loglik=False)[:2]
         mp, Pp = ss.predict(m, P, self.A, self.Q)
         go = started.bool()
         m = torch.where(go[:, None], mp, m)
         P = torch.where(go[:, None, None], Pp, P)
-        return ss.update(m, P, z, self.H, self.R, valid)
+        return ss.update(m, P, z, self.H, self.R, valid)[:2]
 
     def _output(self, m: torch.Tensor, P: torch.Tensor) -> dict[str, torch.Tensor]:
         if not self.uses_system:
@@ -258,7 +258,7 @@ class KalmanModel(SequenceModel):
         started = torch.zeros(B, dtype=torch.float64, device=z.device)
         ms, Ps = [], []
         for t in range(T):
-            m, P, _ = self._filter_step(m, P, started, dt_s[:, t], z[:, t], None if valid is None else valid[:, t])
+            m, P = self._filter_step(m, P, started, dt_s[:, t], z[:, t], None if valid is None else valid[:, t])
             started = torch.ones_like(started)
             ms.append(m)
             Ps.append(P)
@@ -293,7 +293,7 @@ class KalmanModel(SequenceModel):
             mean, var, nxt = self.ekf.step(*self._imu_args(tick), state)
             return {"mean": mean, "var": var}, nxt
         z, valid = self._measure(tick)  # (B, m)
-        m, P, _ = self._filter_step(state["m"], state["P"], state["started"], tick["dt_s"], z, valid)
+        m, P = self._filter_step(state["m"], state["P"], state["started"], tick["dt_s"], z, valid)
         return self._output(m, P), {"m": m, "P": P, "started": torch.ones_like(state["started"])}
 
     # ---- fitting ------------------------------------------------------------------------------
