@@ -96,21 +96,89 @@ def select_episodes(refs: list[tuple[str, str]], episodes: str | None, model, ru
     return [r for r in refs if r[1] in names]
 
 
-def evaluate_runs(run_dirs, data, out_dir, wrappers=(), consumer_overrides=None, progress: bool = True, episodes: str | None = None) -> dict:
-    """Evaluate each run's best model (and wrapped variants) on the episodes of `data` (see select_episodes)."""
+def check_output_file(path: str | os.PathLike, what: str) -> Path:
+    """Check that file `path` can be written (its folder exists and is writable) before long work starts."""
+    p = Path(path)
+    if not p.parent.is_dir():
+        raise SeqsenseError(f"{what} '{p}': folder '{p.parent}' does not exist; create it or choose another path.")
+    if not os.access(p.parent, os.W_OK | os.X_OK):
+        raise SeqsenseError(f"{what} '{p}': folder '{p.parent}' is not writable; choose another path.")
+    if p.is_dir():
+        raise SeqsenseError(f"{what} '{p}' is a folder; give a file name.")
+    return p
+
+
+def save_outputs(
+    replays_by_model,
+    targets,
+    inputs,
+    models_info=None,
+    predictions: str | None = None,
+    mcap: str | None = None,
+    include_inputs: bool = True,
+    image_format: str = "jpeg",
+) -> list[Path]:
+    """Write the saved-predictions log and/or its MCAP view; without `predictions` the log is a temporary file."""
+    from seqsense.evaluate.mcap_out import write_mcap
+    from seqsense.evaluate.saved import save_predictions
+
+    written = []
+    if predictions is None and mcap is None:
+        return written
+    h5 = Path(predictions) if predictions else Path(mcap).with_name(f".{Path(mcap).name}.{os.getpid()}.h5")
+    try:
+        save_predictions(h5, replays_by_model, targets, inputs, include_inputs=include_inputs, provenance=models_info)
+        if predictions:
+            written.append(h5)
+        if mcap:
+            written.append(write_mcap(h5, mcap, image_format=image_format))
+    finally:
+        if not predictions:
+            h5.unlink(missing_ok=True)
+    return written
+
+
+def evaluate_runs(
+    run_dirs,
+    data,
+    out_dir,
+    wrappers=(),
+    consumer_overrides=None,
+    progress: bool = True,
+    episodes: str | None = None,
+    save_predictions: str | None = None,
+    save_mcap: str | None = None,
+    include_inputs: bool = True,
+    image_format: str = "jpeg",
+) -> dict:
+    """Evaluate each run's best model (and wrapped variants) on the episodes of `data` (see select_episodes).
+
+    With `save_predictions` (a seqsense log, see seqsense.evaluate.saved) and/or `save_mcap` (see
+    seqsense.evaluate.mcap_out), every replay that was scored is also written out beside the truth and,
+    unless `include_inputs` is False, the input streams.
+    """
     from tqdm import tqdm
 
     from seqsense.models.checkpoint import load_checkpoint
 
     out = check_writable(out_dir)
+    saving = bool(save_predictions or save_mcap)
+    if save_predictions:
+        check_output_file(save_predictions, "--save-predictions")
+    if save_mcap:
+        check_output_file(save_mcap, "--save-mcap")
     paths = resolve_paths(data)
+    for option, target in (("--save-predictions", save_predictions), ("--save-mcap", save_mcap)):
+        if target and Path(target).resolve() in {Path(p).resolve() for p in paths}:
+            raise SeqsenseError(f"{option} '{target}' is one of the --data logs; choose another file name.")
     refs = episode_refs(paths)
     models = [(Path(r).name or str(r), load_checkpoint(r)) for r in run_dirs]
     all_rows, summary = [], {"data": [str(p) for p in paths], "models": {}}
+    replays, targets, inputs, info = {}, {}, {}, {}
     chosen = {name: select_episodes(refs, episodes, model, name) for name, model in models}
     total = sum(len(c) for c in chosen.values()) * (1 + len(wrappers))
     bar = tqdm(total=total, desc="eval", unit="episode", disable=not progress)
-    for name, model in models:
+    for (name, model), run_dir in zip(models, run_dirs):
         try:
             dataset = WindowDataset(chosen[name], model.config.window_spec(window=1))
         except SeqsenseError as e:
@@ -118,7 +186,10 @@ def evaluate_runs(run_dirs, data, out_dir, wrappers=(), consumer_overrides=None,
         variants = [(name, model.predictor())]
         variants += [(f"{name}+{label}", cls(model.predictor(), **kw)) for label, cls, kw in wrappers]
         for label, predictor in variants:
-            rows, _ = evaluate_predictor(predictor, dataset, consumer_overrides, keep_replays=0, progress=bar)
+            keep = len(dataset.episodes) if saving else 0
+            rows, replays[label] = evaluate_predictor(predictor, dataset, consumer_overrides, keep_replays=keep, progress=bar)
+            targets[label], inputs[label] = dataset.spec.target, list(dataset.spec.inputs)
+            info[label] = {"family": model.family, "run": str(run_dir)}
             for r in rows:
                 r["model"], r["family"] = label, model.family
             all_rows += rows
@@ -126,4 +197,5 @@ def evaluate_runs(run_dirs, data, out_dir, wrappers=(), consumer_overrides=None,
     bar.close()
     write_atomic(out / "metrics.csv", rows_to_csv(all_rows))
     write_atomic(out / "summary.json", json.dumps(summary, indent=1, default=float))
+    save_outputs(replays, targets, inputs, info, save_predictions, save_mcap, include_inputs, image_format)
     return summary
