@@ -7,7 +7,7 @@ import pytest
 
 from seqsense.log import ns_to_seconds, open_log
 from seqsense.scenarios import generate, make_scenario
-from seqsense.scenarios.physics import simulate_ball
+from seqsense.scenarios.physics import ball_step, ou_process, simulate_ball
 from seqsense.scenarios.rotation import canonical, integrate_body_rates, rotate_inverse
 from seqsense.scenarios.tracking import TARGET_COLOR
 
@@ -65,6 +65,64 @@ def test_occlusion_fraction_matches_knob_and_hidden_ball_is_not_drawn(tmp_path):
     hidden = read(ep, "truth/occluded")[1] == 1
     target_like = np.linalg.norm(frames - TARGET_COLOR, axis=-1).min(axis=(1, 2)) < 0.1  # (N,)
     assert target_like[~hidden].mean() > 0.99 and not target_like[hidden].any()
+
+
+def test_batched_ball_step_is_the_simulator_step():
+    kw = dict(radius=0.06, gravity=1.0, drag=0.1, restitution=0.9)
+    n, dt = 4000, 1.0 / 120
+    P, V, bounces = simulate_ball(np.random.default_rng(5), n, dt, force=1.0, force_tau_s=0.5, speed=0.5, **kw)
+    rng = np.random.default_rng(5)  # the simulator's draws, in its order
+    p = rng.uniform(0.06, 0.94, 2)[None]
+    ang = rng.uniform(0.0, 2.0 * np.pi)
+    v = 0.5 * np.array([[np.cos(ang), np.sin(ang)]])
+    f = ou_process(rng, n, 2, dt, 0.5, 1.0)
+    err = 0.0
+    for k in range(n):
+        p, v = ball_step(p, v, f[k][None], dt, **kw)
+        err = max(err, np.abs(p[0] - P[k + 1]).max(), np.abs(v[0] - V[k + 1]).max())
+    assert bounces > 20 and err < 1e-12
+
+
+def test_occluder_box_says_nothing_about_the_hidden_ball(tmp_path):
+    """On hidden frames the box's place is uncorrelated with the ball's (~400 hidden intervals: se ~0.05)."""
+    kn = {"image_size": 16, "rate_hz": 10.0, "occlusion": 0.3, "occlusion_duration_s": 0.5, "pixel_noise": 0.0}
+    log = open_log(generate("tracking", tmp_path / "b.h5", episodes=40, seed=2, duration_s=20.0, knobs=kn))
+    c = (np.arange(16) + 0.5) / 16
+    box, pos = [], []
+    for ep in log.episodes():
+        hidden = read(ep, "truth/occluded")[1] == 1
+        frames = ep.stream("camera").read().astype(float) / 255.0
+        bg = np.median(frames[~hidden].reshape(-1, 3), axis=0)  # the plain background (the ball is small)
+        m = np.abs(frames[hidden] - bg).max(axis=-1) > 0.1  # (M, H, W) the box
+        w = m.sum(axis=(1, 2))
+        box.append(np.stack([(m.sum(axis=1) * c).sum(axis=1) / w, (m.sum(axis=2) * c).sum(axis=1) / w], axis=1))
+        pos.append(read(ep, "truth/position")[1][hidden])
+    box, pos = np.concatenate(box), np.concatenate(pos)
+    assert len(box) > 1500
+    corr = np.corrcoef(np.hstack([box, pos]).T)[:2, 2:]  # (box x, y) × (ball x, y); a box around the path gives ~0.9
+    assert np.abs(corr).max() < 0.2, corr
+
+
+def test_look_alike_is_drawn_exactly_while_its_label_is_on(tmp_path):
+    kn = {"image_size": 32, "pixel_noise": 0.0, "distractor": 0.4, "distractor_duration_s": 0.5, "occlusion": 0.3}
+    log = open_log(generate("tracking", tmp_path / "l.h5", episodes=4, duration_s=30.0, knobs=kn))
+    shown, hits_on, hits_off, hidden_on = [], [], [], []
+    for ep in log.episodes():
+        on = read(ep, "truth/distractor")[1] == 1
+        hid = read(ep, "truth/occluded")[1] == 1
+        look, ball = read(ep, "truth/distractor_position")[1], read(ep, "truth/position")[1]
+        frames = ep.stream("camera").read()
+        ij = np.clip((look * 32).astype(int), 0, 31)
+        centre = frames[np.arange(len(frames)), ij[:, 1], ij[:, 0]] / 255.0
+        is_ball = np.abs(centre - TARGET_COLOR).max(axis=1) < 0.02
+        apart = hid | (np.linalg.norm(look - ball, axis=1) > 0.2)  # the ball itself is not under the look-alike
+        shown.append(on)
+        hits_on.append(is_ball[on])
+        hits_off.append(is_ball[~on & apart])
+        hidden_on.append(is_ball[on & hid])
+    assert abs(np.concatenate(shown).mean() - 0.4) < 0.08
+    assert np.concatenate(hits_on).all() and not np.concatenate(hits_off).any()
+    assert len(np.concatenate(hidden_on)) > 50  # shown while the ball is occluded too: the detector's trap
 
 
 def test_dropped_frames_and_jitter(tmp_path):

@@ -84,6 +84,21 @@ def test_episode_depends_on_seed_and_index_only(tmp_path):
     assert three["episodes/ep_001/truth/position/data"].tobytes() != one["episodes/ep_000/truth/position/data"].tobytes()
 
 
+def test_look_alike_knob_adds_its_truth_and_leaves_the_rest_unchanged(tmp_path):
+    base = {**SMALL, "occlusion": 0.2}
+    plain = datasets(generate("tracking", tmp_path / "a.h5", episodes=2, seed=4, duration_s=2.0, knobs=base))
+    look = datasets(generate("tracking", tmp_path / "b.h5", episodes=2, seed=4, duration_s=2.0,
+                             knobs={**base, "distractor": 0.5}))
+    assert not any("distractor" in key for key in plain)
+    extra = {key for key in look if key not in plain and key.endswith("/data")}
+    assert extra == {f"episodes/ep_00{i}/truth/{s}/data" for i in (0, 1) for s in ("distractor", "distractor_position")}
+    for key, value in plain.items():  # the look-alike's draws come last: the target's data is the same
+        if "/truth/" in key:
+            assert look[key].tobytes() == value.tobytes(), key
+    ep = open_log(tmp_path / "b.h5").episode("ep_000")
+    assert ep.stream("truth/distractor").kind == "label" and ep.stream("truth/distractor_position").fields == ["x", "y"]
+
+
 @pytest.mark.parametrize(
     "setting, expected",
     [
@@ -91,6 +106,7 @@ def test_episode_depends_on_seed_and_index_only(tmp_path):
         ("pixel_noise=lots", "not a valid float"),
         ("pixel_noise=3", "out of range [0, 1]"),
         ("distractors=1.5", "not a valid int"),
+        ("distractor=0.95", "out of range [0, 0.9]"),
         ("target=acceleration", "not one of {position, velocity, future_position}"),
     ],
 )

@@ -8,7 +8,14 @@ the truth streams keep every nominal tick.
 
 Occlusion: an alternating renewal process of hidden and visible intervals, hidden lengths
 ~ Exp(mean D) and visible lengths ~ Exp(mean D·(1 − f)/f), starting hidden with probability f, so
-the long-run hidden fraction is f = `occlusion` and the mean hidden interval is D.
+the long-run hidden fraction is f = `occlusion` and the mean hidden interval is D. While hidden the
+object is not drawn and one grey box per interval is drawn at a size and place drawn independently of
+the object's path (`occluder_boxes`). Why there: a hidden frame is then a function of the
+background, the box, the other objects and the pixel noise only, all independent of the path, and the
+hidden intervals are independent of the path too, so p(position | frame, hidden) = p(position): the
+best memoryless estimate on a hidden tick is the scene's prior mean, and only memory can do better. A
+box drawn around the hidden path (or fixed regions the object passes behind) would tell a memoryless
+model where the object is: behind the box.
 """
 
 from __future__ import annotations
@@ -88,14 +95,17 @@ def blur_offsets(motion_blur: float, rate_hz: float, samples: int = 5) -> np.nda
     return (np.arange(samples) + 0.5) / samples * exposure - 0.5 * exposure
 
 
-def occluder_boxes(rng: np.random.Generator, hidden: np.ndarray, t_grid: np.ndarray, P: np.ndarray, radius: float) -> np.ndarray:
-    """Per hidden interval, a box (x0, y0, x1, y1, r, g, b) covering the object's path P (on t_grid) in it."""
-    boxes = np.zeros((len(hidden), 7), np.float32)
-    for j, (a, b) in enumerate(hidden):
-        sel = (t_grid >= a - 0.05) & (t_grid <= b + 0.05)
-        pts = P[sel] if sel.any() else P[[min(len(P) - 1, int(np.searchsorted(t_grid, a)))]]
-        margin = radius + 0.02 + rng.uniform(0.0, 0.06, 4)
-        lo, hi = pts.min(axis=0), pts.max(axis=0)
-        boxes[j, :4] = np.clip([lo[0] - margin[0], lo[1] - margin[1], hi[0] + margin[2], hi[1] + margin[3]], 0, 1)
-        boxes[j, 4:] = rng.uniform(0.45, 0.6) + rng.uniform(-0.03, 0.03, 3)
+def occluder_boxes(rng: np.random.Generator, count: int, radius: float) -> np.ndarray:
+    """`count` boxes (x0, y0, x1, y1, r, g, b), one per hidden interval, placed independently of any path.
+
+    Each side is U[2r + 0.05, 2r + 0.3] (large enough to hide an object of radius r) and the box is
+    uniformly placed inside the image; the grey level is drawn per box. No draw when `count` is 0.
+    """
+    boxes = np.zeros((count, 7), np.float32)
+    if count == 0:
+        return boxes
+    side = np.minimum(0.9, 2.0 * radius + rng.uniform(0.05, 0.3, (count, 2)))  # (M, 2) width, height
+    lo = rng.uniform(0.0, 1.0, (count, 2)) * (1.0 - side)
+    boxes[:, :2], boxes[:, 2:4] = lo, lo + side
+    boxes[:, 4:] = rng.uniform(0.45, 0.6, (count, 1)) + rng.uniform(-0.03, 0.03, (count, 3))
     return boxes

@@ -106,10 +106,9 @@ class Multirate(Scenario):
         # camera
         rate = k["rate_hz"]
         timing = frame_timing(rng, self.duration_s, rate, k["drop_prob"], k["timestamp_jitter_s"])
-        t_grid = np.arange(int(self.duration_s * 100) + 2) / 100.0
         hidden = occlusion_intervals(rng, float(timing.t_s[-1] + 1.0 / rate), k["occlusion"], k["occlusion_duration_s"])
         occ_j = interval_index(hidden, timing.t_s)
-        boxes = occluder_boxes(rng, hidden, t_grid, position(t_grid), r)
+        boxes = occluder_boxes(rng, len(hidden), r)
         t_sub = timing.t_s[timing.kept][:, None] + blur_offsets(k["motion_blur"], rate)[None, :]  # (K, S)
         p_sub = position(t_sub.ravel()).reshape(t_sub.shape + (2,))
         psi_sub = yaw(t_sub.ravel()).reshape(t_sub.shape)

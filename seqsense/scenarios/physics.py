@@ -8,6 +8,8 @@ velocity is reflected with restitution e (v ← −e·v) and the rest of the ste
 so with e = 1, c = 0 and σ_f = 0 the mechanical energy ½|v|² − g·y is conserved to rounding error.
 A second hit within the same step (a ball settling on the floor) leaves it resting on the wall.
 
+`ball_step` is the same step for a batch of balls (a particle filter's prediction).
+
 Smooth signal: s(t) = Σ_j a_j sin(ω_j t + φ_j), with closed-form derivative and integral, used where a
 sensor needs exact derivatives of the truth (accelerometers, gyroscopes).
 """
@@ -90,6 +92,48 @@ def simulate_ball(
                 p[ax], v[ax] = wall, 0.0
         P[k + 1], V[k + 1] = p, v
     return P, V, bounces
+
+
+def _impact_times(x0: np.ndarray, v0: np.ndarray, a: np.ndarray, wall: np.ndarray, dt: float) -> np.ndarray:
+    """`_impact_time` for arrays of balls at once (same roots, same tolerances)."""
+    c = x0 - wall
+    small = np.abs(a) < 1e-12
+    with np.errstate(divide="ignore", invalid="ignore"):
+        linear = np.where(v0 != 0, np.clip(-c / np.where(v0 != 0, v0, 1.0), 0.0, dt), dt)
+        disc = v0 * v0 - 2.0 * a * c
+        sq = np.sqrt(np.maximum(disc, 0.0))
+        a_safe = np.where(small, 1.0, a)
+        r1, r2 = (-v0 - sq) / a_safe, (-v0 + sq) / a_safe
+    first, second = np.minimum(r1, r2), np.maximum(r1, r2)
+
+    def ok(t):
+        return (t >= -1e-12) & (t <= dt + 1e-12)
+
+    quad = np.clip(np.where(ok(first), first, np.where(ok(second), second, dt)), 0.0, dt)
+    return np.where(small, linear, np.where(disc < 0, dt, quad))
+
+
+def ball_step(
+    p: np.ndarray, v: np.ndarray, force: np.ndarray, dt: float, *, radius: float, gravity: float, drag: float,
+    restitution: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One physics step of many balls at once, p, v, force (B, 2) -> (p, v): the maths of `simulate_ball`."""
+    lo, hi = radius, 1.0 - radius
+    a = np.array([0.0, gravity]) - drag * v + force  # (B, 2)
+    x1 = p + v * dt + 0.5 * a * dt * dt
+    v1 = v + a * dt
+    out = (x1 < lo) | (x1 > hi)
+    if out.any():
+        x0, v0, ao = p[out], v[out], a[out]
+        wall = np.where(x1[out] < lo, lo, hi)
+        t_hit = _impact_times(x0, v0, ao, wall, dt)
+        v_hit = -restitution * (v0 + ao * t_hit)
+        rest = dt - t_hit
+        x2 = wall + v_hit * rest + 0.5 * ao * rest * rest
+        inside = (x2 >= lo) & (x2 <= hi)
+        x1[out] = np.where(inside, x2, wall)  # a second hit within the step: at rest against the wall
+        v1[out] = np.where(inside, v_hit + ao * rest, 0.0)
+    return x1, v1
 
 
 def interp_rows(t_grid: np.ndarray, values: np.ndarray, t: np.ndarray) -> np.ndarray:
