@@ -26,6 +26,7 @@ CASES = {
     "kalman": ("kalman", {"imu": ("vector", (2,))}, ("vector", (2,)), {"dynamics": "cv"}),
     "rnn": ("rnn", {"imu": ("vector", (2,))}, ("vector", (2,)), {}),
     "transformer": ("transformer", {"imu": ("vector", (2,))}, ("vector", (2,)), {"context": 4}),
+    "ekf": ("ekf", {"gyro": ("vector", (3,)), "accel": ("vector", (3,))}, ("vector", (3,)), {}),
     "rnn_frames_label": ("rnn", {"camera": ("image", (16, 16, 1)), "imu": ("vector", (2,))}, ("label", ()), {"num_classes": 3}),
 }
 TICKS = 24  # per case, in two episodes
@@ -47,7 +48,7 @@ def build_model(name: str, seed: int = 0):
                                             "frame_channels": 2, "window": 8, **extra})
     norm = {s: {"mean": [0.1] * shape[0], "std": [0.5] * shape[0]} for s, (kind, shape) in inputs.items() if kind == "vector"}
     if tkind == "vector":
-        norm["target"] = {"mean": [0.5, 0.5], "std": [0.2, 0.2]}
+        norm["target"] = {"mean": [0.5] * tshape[0], "std": [0.2] * tshape[0]}
     torch.manual_seed(seed)
     return model_cls(config, streams, norm).eval()
 

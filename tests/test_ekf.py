@@ -1,6 +1,6 @@
 """The gravity-direction EKF (`seqsense.models.ekf`) on generated `imu_motion` logs: sign convention,
-accuracy against the memoryless and gyro-only estimates, fitting, step/run parity, ONNX parity and
-gyro-bias convergence."""
+accuracy against the memoryless and gyro-only estimates, fitting, step/run parity, ONNX parity,
+gyro-bias convergence, and the model family `ekf` (its config, the cells it refuses, its twin)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from seqsense.dataset import WindowDataset, WindowSpec, episode_refs
+from seqsense.dataset import StreamInfo, WindowDataset, WindowSpec, compute_normalization, episode_refs
+from seqsense.errors import ConfigError
 from seqsense.models import ekf as E
 from seqsense.scenarios import generate
 
@@ -226,9 +227,104 @@ def test_bad_shapes_name_the_stream():
                 "accel_valid": np.ones(5, bool), "dt_s": np.zeros(5), "target": np.zeros((5, 4)), "target_valid": np.ones(5, bool)}])
 
 
+def _family(path, **overrides):
+    """An `ekf` model on the gyro clock of `path` (fit_extra not run) and its whole-episode dataset."""
+    config = E.EKFConfig(inputs=("gyro", "accel"), target="truth/gravity_body", clock="gyro", **overrides)
+    ds = WindowDataset(episode_refs([path]), config.window_spec(window=1))
+    return E.EKFModel(config, ds.stream_info(), compute_normalization(ds)), ds
+
+
+def test_family_runs_the_filter_and_its_twin_the_accelerometer(default_log):
+    """The family's predictions are GravityEKF's from the log's knobs; its twin's are −a/‖a‖ on every tick."""
+    model, ds = _family(default_log, fit_epochs=0)
+    model.fit_extra(ds, log=lambda *a: None)
+    seq = {k: v[:1200] for k, v in ds.sequence(0).items()}  # 6 s at 200 Hz
+    b = E.stack_sequences([seq])
+    ref = E.GravityEKF.from_provenance(E.provenance_of(default_log))
+    with torch.no_grad():
+        mean, var, _ = ref.run(*_inputs(b))
+    out = model.predict(seq)
+    np.testing.assert_allclose(out["mean"], mean[0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(out["var"], var[0].numpy(), rtol=1e-6)
+    assert not model.trains_by_sgd and model.num_parameters() == 6 and model.has_memory
+
+    twin, _ = _family(default_log, **E.EKFModel.twin_overrides())
+    twin.fit_extra(ds, log=lambda *a: None)  # fit_epochs=2: skipped by the twin, whose mean the noise cannot change
+    assert twin.init_state(1) == {} and not twin.has_memory
+    got = twin.predict(seq)
+    np.testing.assert_allclose(got["mean"], E.accel_only(seq["accel"]).numpy(), atol=1e-6)
+    pred = twin.predictor()
+    streamed = np.stack([pred.step(t).mean for _, t in zip(range(50), ds.iter_ticks(0))])
+    np.testing.assert_allclose(streamed, got["mean"][:50], atol=1e-6)
+    for k, v in model.ekf.noise_values().items():
+        assert twin.ekf.noise_values()[k] == pytest.approx(v)  # both start from the log's knobs
+    settled = slice(400, None)  # after the EKF's 2 s of convergence from the first accelerometer sample
+    err = {"ekf": float(E.angle_error_deg(torch.as_tensor(out["mean"][settled]), seq["target"][settled]).mean()),
+           "twin": float(E.angle_error_deg(torch.as_tensor(got["mean"][settled]), seq["target"][settled]).mean())}
+    assert err["ekf"] < 0.5 * err["twin"], err
+
+
+def test_family_refuses_cells_it_does_not_apply_to(tiny_log):
+    """No gyro/accelerometer input, or a target that is not 3-D: ConfigError from check_streams and at construction."""
+    vec = lambda d: StreamInfo("vector", (d,))  # noqa: E731
+    streams = {"gyro": vec(3), "accel": vec(3), "imu6": vec(6), "truth/gravity_body": vec(3), "truth/pos": vec(2),
+               "camera": StreamInfo("image", (8, 8, 1)), "side": StreamInfo("label", ())}
+    ok = E.EKFConfig(inputs=("gyro", "accel"), target="truth/gravity_body")
+    E.EKFModel.check_streams(ok, streams)
+    sliced = E.EKFConfig(inputs=("imu6",), target="truth/gravity_body", gyro_stream="imu6[0:3]", accel_stream="imu6[3:6]")
+    assert E.imu_inputs(sliced, streams) == {"gyro": ("imu6", slice(0, 3)), "accel": ("imu6", slice(3, 6))}
+    bad = {
+        "needs a gyro and an accelerometer": E.EKFConfig(inputs=("accel",), target="truth/gravity_body"),
+        "3-D gravity direction": E.EKFConfig(inputs=("gyro", "accel"), target="truth/pos"),
+        "needs 3 gyro values": E.EKFConfig(inputs=("imu6", "accel"), target="truth/gravity_body", gyro_stream="imu6"),
+        "cannot read image": E.EKFConfig(inputs=("gyro", "accel", "camera"), target="truth/gravity_body"),
+        "cannot predict label": E.EKFConfig(inputs=("gyro", "accel"), target="side"),
+    }
+    for why, config in bad.items():
+        with pytest.raises(ConfigError, match=why):
+            E.EKFModel.check_streams(config, streams)
+        with pytest.raises(ConfigError, match=why):
+            E.EKFModel(config, streams, {})
+    with pytest.raises(ConfigError, match="gyro_hold"):
+        E.EKFConfig(gyro_hold="later")
+    with pytest.raises(ConfigError, match="stream"):
+        E.EKFConfig(accel_stream="imu[3:]")
+    from seqsense.models.kalman import KalmanConfig
+    from seqsense.train import train
+
+    with pytest.raises(ConfigError, match="family 'ekf'"):
+        KalmanConfig(dynamics="imu_gravity")
+    with pytest.raises(ConfigError, match="needs a gyro"):  # what the study meets on a cell without an IMU
+        train("ekf", [tiny_log], {"window": 8}, "unused", inputs=["imu"], target="truth/pos", progress=False, log=lambda *a: None)
+
+
+def test_family_trains_saves_and_exports(tmp_path):
+    """`train("ekf", ...)` and its twin through `--set memoryless=true`: fitted only, checkpoints and ONNX exports round-trip."""
+    from seqsense import runtime
+    from seqsense.export import export_model
+    from seqsense.export.check import run_parity
+    from seqsense.models.checkpoint import load_checkpoint
+    from seqsense.train import train
+
+    log = generate("imu_motion", tmp_path / "imu.h5", episodes=3, seed=2, duration_s=1.0)
+    for name, sets in (("full", ["fit_epochs=1"]), ("twin", ["fit_epochs=1", "memoryless=true"])):
+        res = train("ekf", [log], sets, tmp_path / name, inputs=("gyro", "accel"), target="truth/gravity_body", progress=False,
+                    log=lambda *a: None)
+        model = res.model
+        assert res.steps == 0 and model.num_parameters() == 6 and model.has_memory == (name == "full")
+        loaded = load_checkpoint(tmp_path / name / "best")
+        assert loaded.config == model.config and loaded.config.memoryless == (name == "twin")
+        ds = WindowDataset(episode_refs([log]), model.config.window_spec(window=1))
+        np.testing.assert_array_equal(loaded.predict(ds.sequence(0))["mean"], model.predict(ds.sequence(0))["mean"])
+        man = export_model(model, tmp_path / f"{name}_export", parity_ticks=20, log=lambda *a: None)
+        assert man["config"]["memoryless"] == (name == "twin") and bool(man["graph"]["state"]) == (name == "full")
+        report = run_parity(model, runtime.load(tmp_path / f"{name}_export"), [list(ds.iter_ticks(0))])
+        assert report["failure"] is None and report["max_rel_err"] < 1e-4, report
+
+
 @pytest.mark.slow
-def test_kalman_family_runs_the_ekf_end_to_end(tmp_path):
-    """`seqsense train --model kalman --set dynamics=imu_gravity`: fitted, streamed, saved and exported.
+def test_ekf_family_end_to_end(tmp_path):
+    """`seqsense train --model ekf`: fitted, streamed, saved and exported.
 
     Held-out accuracy beats the accelerometer alone by a wide margin, the numpy predictor equals the
     offline forward, the checkpoint round-trips, and the ONNX export passes its own parity check.
@@ -239,7 +335,7 @@ def test_kalman_family_runs_the_ekf_end_to_end(tmp_path):
 
     log = generate("imu_motion", tmp_path / "imu.h5", episodes=6, seed=11, duration_s=8.0)
     test = generate("imu_motion", tmp_path / "test.h5", episodes=2, seed=12, duration_s=8.0)
-    res = train("kalman", [log], {"dynamics": "imu_gravity", "ekf_fit_epochs": 1, "window": 64}, tmp_path / "run",
+    res = train("ekf", [log], {"fit_epochs": 1, "window": 64}, tmp_path / "run",
                 inputs=("gyro", "accel"), target="truth/gravity_body", progress=False, log=lambda *a: None)
     model = res.model
     assert res.steps == 0 and model.num_parameters() == 6

@@ -37,12 +37,14 @@ SETUPS = {
 TINY = {"hidden": 8, "frame_channels": 2, "window": 8}
 
 
-def _model(family: str, setup: str, log_path):
-    """An untrained tiny model of `family` on `setup` and the dataset of the log (None if the family refuses it)."""
+def _model(family: str, setup: str, log_path, twin: bool = False):
+    """An untrained tiny model of `family` (or its memoryless twin) on `setup` and the dataset of the log (None if the family refuses it)."""
     model_cls, config_cls = MODELS[family]
     inputs, target, extra = SETUPS[setup]
     fields = {f.name for f in dataclasses.fields(config_cls)}
     knobs = {k: v for k, v in {**TINY, **extra}.items() if k in fields}
+    if twin:
+        knobs.update(model_cls.twin_overrides())
     config = apply_overrides(config_cls(), {"inputs": inputs, "target": target, **knobs})
     ds = WindowDataset(episode_refs([log_path]), config.window_spec(window=1))
     streams = ds.stream_info()
@@ -59,8 +61,8 @@ def _whole_episodes(ds) -> list[list[dict]]:
     return [list(ds.iter_ticks(k)) for k in range(len(ds.episodes))]
 
 
-def _export_and_compare(family, setup, log_path, tmp_path):
-    model, ds = _model(family, setup, log_path)
+def _export_and_compare(family, setup, log_path, tmp_path, twin: bool = False):
+    model, ds = _model(family, setup, log_path, twin)
     if model is None:
         pytest.skip(f"{family} does not take the {setup} setup")
     man = export_model(model, tmp_path / "exp", {"extra": {"data": [str(log_path)]}}, parity_ticks=40, log=lambda m: None)
@@ -74,6 +76,14 @@ def _export_and_compare(family, setup, log_path, tmp_path):
 def test_parity_every_family(family, tiny_log, tmp_path):
     man, report = _export_and_compare(family, "vector", tiny_log, tmp_path)
     assert man["family"] == family and man["parity"]["ticks"] == 40
+    assert report["max_rel_err"] < 1e-4
+
+
+@pytest.mark.parametrize("family", [f for f in sorted(MODELS) if MODELS[f][0].twin_overrides()])
+def test_parity_every_twin(family, tiny_log, tmp_path):
+    """A memoryless twin exports with no state, its manifest config says so, and the runtime matches it."""
+    man, report = _export_and_compare(family, "vector", tiny_log, tmp_path, twin=True)
+    assert man["config"]["memoryless"] is True and man["graph"]["state"] == []
     assert report["max_rel_err"] < 1e-4
 
 

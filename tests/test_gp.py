@@ -164,6 +164,27 @@ def test_training_lowers_the_filtering_loss(gp_log):
     assert all(p.requires_grad for p in model.parameters())  # the encoder is unfrozen afterwards
 
 
+def test_twin_is_the_stationary_prior_updated_with_one_tick(gp_log):
+    """The twin's output is σ² z/(σ² + r), σ² r/(σ² + r) + η per dimension, and its hyper-parameter fit sees that form."""
+    path, _ = gp_log
+    model, ds = build("gp", path, window=16, hidden=16, nu=2.5, extra_steps=5, memoryless=True)
+    assert not model.has_memory and model.init_state(2) == {}
+    seq = ds.sequence(0)
+    x = {k: torch.as_tensor(v) for k, v in seq.items()}
+    with torch.no_grad():
+        z, r = model._measure(x)  # (T, D) normalized units
+        sig2, eta = model.prior.outputscale.double(), model.likelihood.noise.reshape(-1).double()
+        mean = (sig2 * z / (sig2 + r)).float() * model.target_std + model.target_mean
+        var = (sig2 * r / (sig2 + r) + eta).float() * model.target_std**2
+    out = model.predict(seq)
+    np.testing.assert_allclose(out["mean"], mean.numpy(), atol=1e-5)
+    np.testing.assert_allclose(out["var"], var.numpy(), rtol=1e-5)
+    before = model.prior.lengthscale.clone(), model.prior.outputscale.clone()
+    model.fit_extra(ds, log=lambda *_: None)
+    assert torch.equal(before[0], model.prior.lengthscale)  # no temporal correlation: the lengthscale gets no gradient
+    assert not torch.equal(before[1], model.prior.outputscale)
+
+
 def test_config_errors():
     from seqsense.models import get_model_class
 

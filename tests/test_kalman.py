@@ -352,3 +352,34 @@ def test_em_mode_on_detector_outputs(em_model):
     assert err["em"] < 1.10 * err["optimal"], err
     seq = test_ds.sequence(0)
     np.testing.assert_allclose(stream_through(model, seq)["mean"], model.predict(seq)["mean"], atol=1e-5)
+
+
+def test_metadata_twin_is_the_single_tick_update_of_the_prior(lg_log):
+    """The memoryless twin on the log's system: every tick is N(x0, P0) updated with that tick's measurement alone."""
+    path, system = lg_log
+    model, ds = build("kalman", path, memoryless=True)
+    model.fit_extra(ds, log=lambda *_: None)
+    assert model.uses_metadata and not model.has_memory and model.init_state(1) == {}
+    seq = ds.sequence(1)
+    z = seq["measurement"].astype(np.float64)
+    ref = [numpy_kf(system, z[t : t + 1]) for t in range(len(z))]
+    H = system["H"]
+    out = model.predict(seq)
+    np.testing.assert_allclose(out["mean"], np.concatenate([m for m, _ in ref]) @ H.T, atol=1e-5)
+    np.testing.assert_allclose(out["var"], np.einsum("dn,tnk,dk->td", H, np.concatenate([P for _, P in ref]), H), rtol=1e-5)
+    np.testing.assert_allclose(stream_through(model, seq)["mean"], out["mean"], atol=1e-5)
+
+
+def test_em_twin_reads_its_target_off_single_tick_states(em_model):
+    """dynamics=em twin: the same EM system, the read-out refitted on single-tick states; near the best per-tick linear map."""
+    full, _, test_ds, path = em_model
+    twin, train_ds, _ = build_split(path, 6, dynamics="em", em_iters=40, memoryless=True)
+    twin.fit_extra(train_ds, log=lambda *_: None)
+    assert twin.uses_em and not twin.has_memory and twin.num_parameters() == full.num_parameters()
+    for name in ("A", "Q", "H", "R", "x0", "P0"):
+        torch.testing.assert_close(getattr(twin, name), getattr(full, name))  # EM itself is the same fit
+    err, err_full = held_out_errors(twin, test_ds), held_out_errors(full, test_ds)
+    assert err_full["em"] < 0.5 * err["em"] and err["em"] < 1.3 * err["framewise"], (err, err_full)
+    assert 0.6 < err["z2"] < 1.5, err  # the refitted residual variance keeps the twin honest
+    seq = test_ds.sequence(0)
+    np.testing.assert_allclose(stream_through(twin, seq)["mean"], twin.predict(seq)["mean"], atol=1e-5)

@@ -40,6 +40,17 @@ def test_framewise_beats_the_training_mean_on_a_generated_tracking_log(tmp_path)
     assert mse < 0.5 * base, (mse, base)
 
 
+def test_memoryless_twin_trains(tiny_log, tmp_path):
+    """`train("rnn", ..., ["memoryless=true"])` (the CLI's --set form) trains the GRU's twin: its loss falls."""
+    losses = []
+    sets = ["memoryless=true", "hidden=16", "window=8", "batch_size=8", "steps=80", "lr=5e-3", "val_every=80"]
+    res = train("rnn", [tiny_log], sets, tmp_path / "twin", inputs=["imu"], target="truth/pos", progress=False,
+                log=lambda m: None, on_step=lambda step, loss: losses.append(loss))
+    assert res.config.memoryless and not res.model.has_memory and res.model.init_state(4) == {}
+    assert len(losses) == 80 and np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.15, (losses[:10], losses[-10:])
+    assert load_checkpoint(res.run_dir / "best").config.memoryless
+
+
 @pytest.mark.slow
 def test_memory_beats_framewise_on_a_noisy_occluded_log(make_log, tmp_path):
     log = make_log("occluded.h5", episodes=24, ticks=80, noise=0.3, occlusion=0.5, seed=5)

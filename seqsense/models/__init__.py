@@ -3,6 +3,7 @@
 from seqsense.models.base import MODELS, ModelConfig, SequenceModel, get_model_class, register_model
 
 # One import line per family (each module registers itself).
+import seqsense.models.ekf  # noqa: E402,F401
 import seqsense.models.framewise  # noqa: E402,F401
 import seqsense.models.gp  # noqa: E402,F401
 import seqsense.models.kalman  # noqa: E402,F401

@@ -11,11 +11,27 @@ A `SequenceModel` has two faces that must agree to 1e-5:
   (B, ...) and out {"mean": (B, D), "var": (B, D)} or {"logits": (B, K)}. State is a dict of tensors,
   explicit so that export can make it an ONNX input/output.
 `predictor()` wraps `step` into a numpy `StreamingPredictor` (reset/step) for robot loops.
+
+**Memoryless twins.** `config.memoryless=True` makes a model its family's memoryless twin: the same
+modules, parameter names and count (so the same seed gives the same initialization), with memory
+cut. Its prediction at a tick is the family's prediction from its reset state given that tick alone,
+`step(tick, init_state(B))` (the tick's dt_s may still be read). This is built here once for every
+family: `SequenceModel.__init_subclass__` wraps each family's `forward`, `loss`, `init_state` and
+`step`, so that for a twin
+- offline, windows (B, T, ...) are folded into B·T windows of one tick (`fold_ticks`), run through
+  the family's own code, and unfolded back to (B, T, ...);
+- streaming, the state is `{}` (export shows a twin has none) and each `step` runs the family's step
+  from its reset state.
+Training and `fit_extra` therefore see the twin as what it is (a family's fit that is not written in
+terms of `loss` checks `self.config.memoryless` itself). A family opts a method out of the wrapping
+with `@twin_aware` when it handles twins in its own form. `twin_overrides()` gives the config
+overrides that turn a config into its twin; `has_memory` says whether an instance has memory.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable
 
@@ -75,6 +91,7 @@ class ModelConfig:
     seed: int = 0
     num_classes: int = 0  # classes of a label target; 0 = infer from the training split
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
+    memoryless: bool = False  # this model is its family's memoryless twin: same architecture and parameters, memory cut
 
     def __post_init__(self):
         self.inputs = tuple(self.inputs)
@@ -87,6 +104,9 @@ class ModelConfig:
             raise ConfigError(f"{type(self).__name__}: steps and time_budget_s must be >= 0.")
         if not (self.lr > 0):
             raise ConfigError(f"{type(self).__name__}: lr must be > 0, got {self.lr}.")
+        if not isinstance(self.memoryless, (bool, np.bool_)):
+            raise ConfigError(f"{type(self).__name__}: memoryless must be true or false, got {self.memoryless!r}.")
+        self.memoryless = bool(self.memoryless)
         if self.val_every < 1 or self.num_classes < 0 or self.grad_clip < 0:
             raise ConfigError(
                 f"{type(self).__name__}: need val_every >= 1, num_classes >= 0, grad_clip >= 0; "
@@ -116,6 +136,83 @@ def to_tensors(tick: dict[str, np.ndarray], batch: bool = True, device: torch.de
     return out
 
 
+def fold_ticks(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Windows (B, T, ...) -> (B·T, 1, ...): every tick a window of its own (what a twin sees)."""
+    lead = tuple(batch["dt_s"].shape[:2])  # (B, T)
+    n = lead[0] * lead[1]
+    return {k: v.reshape(n, 1, *v.shape[2:]) if v.dim() >= 2 and tuple(v.shape[:2]) == lead else v for k, v in batch.items()}
+
+
+def unfold_ticks(out: dict[str, torch.Tensor], lead: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Outputs (B·T, 1, ...) of folded windows -> (B, T, ...)."""
+    return {k: v.reshape(*lead, *v.shape[2:]) for k, v in out.items()}
+
+
+def twin_aware(fn: Callable) -> Callable:
+    """Mark a family method that handles `config.memoryless` itself, so the base class leaves it unwrapped."""
+    fn.twin_aware = True
+    return fn
+
+
+def _run_full(model: "SequenceModel", fn: Callable, *args):
+    """`fn(model, *args)` with the twin's cut lifted: nested calls run the family's own (full) code."""
+    model._memory_cut = False
+    try:
+        return fn(model, *args)
+    finally:
+        model._memory_cut = True
+
+
+def _twin_forward(fn: Callable) -> Callable:
+    """`forward` for twins: fold the windows into single ticks, run the family's forward, unfold."""
+
+    @functools.wraps(fn)
+    def forward(self, batch):
+        if not self._memory_cut:
+            return fn(self, batch)
+        lead = tuple(batch["dt_s"].shape[:2])
+        return unfold_ticks(_run_full(self, fn, fold_ticks(batch)), lead)
+
+    return twin_aware(forward)
+
+
+def _twin_loss(fn: Callable) -> Callable:
+    """`loss` for twins: the family's loss over the windows folded into single ticks."""
+
+    @functools.wraps(fn)
+    def loss(self, batch):
+        return _run_full(self, fn, fold_ticks(batch)) if self._memory_cut else fn(self, batch)
+
+    return twin_aware(loss)
+
+
+def _twin_init_state(fn: Callable) -> Callable:
+    """`init_state` for twins: no state."""
+
+    @functools.wraps(fn)
+    def init_state(self, batch_size: int = 1):
+        return {} if self._memory_cut else fn(self, batch_size)
+
+    return twin_aware(init_state)
+
+
+def _twin_step(fn: Callable) -> Callable:
+    """`step` for twins: the family's step from its reset state; the state stays `{}`."""
+
+    @functools.wraps(fn)
+    def step(self, tick, state):
+        if not self._memory_cut:
+            return fn(self, tick, state)
+        reset = _run_full(self, type(self).init_state, tick["dt_s"].shape[0])
+        out, _ = _run_full(self, fn, tick, reset)
+        return out, {}
+
+    return twin_aware(step)
+
+
+TWIN_WRAPPERS = {"forward": _twin_forward, "loss": _twin_loss, "init_state": _twin_init_state, "step": _twin_step}
+
+
 class SequenceModel(nn.Module):
     """Base of every family: owns the config, the stream info, and the normalization statistics."""
 
@@ -125,9 +222,30 @@ class SequenceModel(nn.Module):
     input_kinds: tuple[str, ...] = ("image", "vector", "scalar")  # stream kinds the family can read
     target_kinds: tuple[str, ...] = ("vector", "scalar", "label", "event")  # and can predict
 
+    def __init_subclass__(cls, **kwargs):
+        """Wrap the family's forward/loss/init_state/step so that a twin cuts memory (module docstring)."""
+        super().__init_subclass__(**kwargs)
+        for name, wrap in TWIN_WRAPPERS.items():
+            fn = cls.__dict__.get(name)
+            if fn is not None and not getattr(fn, "twin_aware", False):
+                setattr(cls, name, wrap(fn))
+
+    @classmethod
+    def twin_overrides(cls) -> dict:
+        """Config overrides that turn a config of this family into its memoryless twin ({} if it is its own)."""
+        return {} if cls.memoryless else {"memoryless": True}
+
+    @property
+    def has_memory(self) -> bool:
+        """Whether a prediction can depend on earlier ticks (False for memoryless families and for twins)."""
+        return not (type(self).memoryless or self.config.memoryless)
+
     @classmethod
     def check_streams(cls, config: ModelConfig, streams: dict[str, StreamInfo]) -> None:
-        """ConfigError if an input or the target is of a kind this family cannot handle."""
+        """ConfigError if an input or the target is missing or of a kind this family cannot handle."""
+        missing = [s for s in (*config.inputs, config.target) if s not in streams]
+        if missing:
+            raise ConfigError(f"Model {cls.family!r}: stream(s) {missing} are not in the data; streams: {sorted(streams)}.")
         for s in config.inputs:
             if streams[s].kind not in cls.input_kinds:
                 raise ConfigError(
@@ -144,6 +262,7 @@ class SequenceModel(nn.Module):
     def __init__(self, config: ModelConfig, streams: dict[str, StreamInfo], normalization: dict):
         super().__init__()
         self.config = config
+        self._memory_cut = bool(config.memoryless) and not type(self).memoryless  # False while a twin runs its family's code
         self.streams = streams
         self.normalization = normalization
         target = streams[config.target]
@@ -204,7 +323,7 @@ class SequenceModel(nn.Module):
 
     # ---- streaming face -----------------------------------------------------------------------
     def init_state(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
-        """The state at reset (an empty dict for memoryless families)."""
+        """The state at reset (an empty dict for memoryless families and twins)."""
         return {}
 
     def step(self, tick: dict[str, torch.Tensor], state: dict[str, torch.Tensor]):

@@ -47,16 +47,26 @@ Noise parameters θ = log(σ_g, σ_b, σ_a, p_g, p_b, κ) are learnable (nn.Para
 tunes them by Adam on the filter's squared error against the target, one step per short chunk, with
 the state's sensitivity to θ carried along the whole sequence (see `fit` for why not truncated
 back-propagation). `GravityEKF.from_provenance` starts from a generated log's scenario knobs.
+
+**The family `ekf`** (`EKFConfig`, `EKFModel`, at the end of this file) runs the filter behind the
+shared model interface on a gyro and an accelerometer input (`gyro_stream`, `accel_stream`: a stream
+or a `stream[i:j]` slice of 3 fields) for a 3-D gravity-direction target such as `imu_motion`'s
+`truth/gravity_body`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+
+from seqsense.errors import ConfigError
+from seqsense.models.base import ModelConfig, SequenceModel, register_model
 
 GRAVITY_MPS2 = 9.80665  # the same constant as seqsense.scenarios.imu
 STATE_DIM = 6  # (g (3), b (3))
@@ -510,3 +520,134 @@ def angle_error_deg(est: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     truth = torch.as_tensor(truth, dtype=torch.float64)
     cross = torch.linalg.vector_norm(torch.cross(est, truth, dim=-1), dim=-1)
     return torch.rad2deg(torch.atan2(cross, (est * truth).sum(-1)))
+
+
+# ---- the model family `ekf` --------------------------------------------------------------------------
+_SLICE = re.compile(r"^(?P<name>[^\[\]]+?)(\[(?P<a>\d+):(?P<b>\d+)\])?$")  # "stream" or "stream[i:j]"
+
+
+@dataclasses.dataclass
+class EKFConfig(ModelConfig):
+    """Gravity EKF settings: which inputs are the gyro and the accelerometer, the gyro timing and the noise fit."""
+
+    window: int = 64
+    gyro_stream: str = "gyro"  # gyro input, a stream or "stream[i:j]" (3 fields, rad/s)
+    accel_stream: str = "accel"  # accelerometer input, likewise (m/s², specific force)
+    gyro_hold: str = "previous"  # which reading drives a step: "previous" or "current" (module docstring)
+    fit_epochs: int = 2  # epochs tuning the noise on the training episodes (0: keep the start)
+    max_fit_episodes: int = 64  # training episodes read by fit_extra
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("gyro_stream", "accel_stream"):
+            if not _SLICE.match(getattr(self, name)):
+                raise ConfigError(f"EKFConfig: {name} must be a stream name or 'stream[i:j]', got {getattr(self, name)!r}.")
+        if self.gyro_hold not in GYRO_HOLDS:
+            raise ConfigError(f"EKFConfig: gyro_hold must be one of {GYRO_HOLDS}, got {self.gyro_hold!r}.")
+        if self.fit_epochs < 0 or self.max_fit_episodes < 1:
+            raise ConfigError(f"EKFConfig: need fit_epochs >= 0 and max_fit_episodes >= 1, got {self.fit_epochs}, {self.max_fit_episodes}.")
+
+
+def imu_inputs(config: EKFConfig, streams) -> dict[str, tuple[str, slice]]:
+    """(stream, field slice) of the gyro and the accelerometer input; ConfigError naming what the EKF needs."""
+    out = {}
+    for role in ("gyro", "accel"):
+        spec = getattr(config, f"{role}_stream")
+        m = _SLICE.match(spec)
+        name = m["name"]
+        if name not in config.inputs or name in config.packed:
+            raise ConfigError(
+                f"Model 'ekf' needs a gyro and an accelerometer among its inputs (latest-mode vector streams of 3 values, or "
+                f"'stream[i:j]' slices); {role}_stream={spec!r} is not {'a latest-mode' if name in config.packed else 'an'} input. "
+                f"Inputs: {list(config.inputs)}. Set --set {role}_stream=NAME, or leave ekf out for these logs."
+            )
+        info = streams[name]
+        size = int(np.prod(info.shape) or 1)
+        part = slice(int(m["a"]), int(m["b"])) if m["a"] is not None else slice(0, size)
+        if info.kind != "vector" or len(range(size)[part]) != 3:
+            raise ConfigError(
+                f"Model 'ekf' needs 3 {role} values; {role}_stream={spec!r} gives {len(range(size)[part])} of the {info.kind} "
+                f"stream {name!r} ({size} values, fields {list(info.fields or [])}). Name a 3-field vector stream or a 'stream[i:j]' slice."
+            )
+        out[role] = (name, part)
+    return out
+
+
+@register_model("ekf", EKFConfig)
+class EKFModel(SequenceModel):
+    """The gravity EKF as a model family: owns a `GravityEKF` (its six noise parameters) and the input slices.
+
+    Prediction: the filter's gravity direction and per-axis variance, in target units (a unit vector);
+    state: m (B, 6), P (B, 6, 6), started (B,) float64 and gyro_prev (B, 3), as `GravityEKF.init_state`.
+    Nothing trains by SGD: `fit_extra` starts the noise from the log's scenario knobs (defaults
+    otherwise) and tunes it on the training episodes (`fit`, `fit_epochs`).
+    Twin (`memoryless=True`): every tick is the filter's first, the update of its prior with that tick
+    alone: g = −a/‖a‖ from the accelerometer (the level prior where it is invalid), no gyro. Its mean does
+    not depend on the noise and its variance only on init_tilt_std, so the squared-error tuning is skipped.
+    """
+
+    input_kinds = ("vector",)
+    target_kinds = ("vector",)
+
+    @classmethod
+    def check_streams(cls, config: EKFConfig, streams) -> None:
+        """ConfigError unless the inputs hold a gyro and an accelerometer and the target is a 3-D vector."""
+        super().check_streams(config, streams)
+        imu_inputs(config, streams)
+        dim = int(np.prod(streams[config.target].shape) or 1)
+        if dim != 3:
+            raise ConfigError(f"Model 'ekf' predicts a 3-D gravity direction; target {config.target!r} has {dim} values "
+                              "(imu_motion's is 'truth/gravity_body'). Leave ekf out for this target.")
+
+    def __init__(self, config: EKFConfig, streams, normalization):
+        type(self).check_streams(config, streams)
+        super().__init__(config, streams, normalization)
+        self.imu = imu_inputs(config, streams)
+        self.ekf = GravityEKF(gyro_hold=config.gyro_hold)
+
+    def _imu_args(self, x: dict):
+        """(gyro, accel, gyro_valid, accel_valid, dt_s) of a tick (B, ...) or windows (B, T, ...)."""
+        (g, gs), (a, as_) = self.imu["gyro"], self.imu["accel"]
+        return x[g][..., gs], x[a][..., as_], x[f"{g}_valid"], x[f"{a}_valid"], x["dt_s"]
+
+    @property
+    def trains_by_sgd(self) -> bool:
+        """The noise is fitted by `fit_extra`, not by the shared SGD loop."""
+        return False
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Filtered gravity directions for every tick of windows (B, T, ...), each window from reset."""
+        mean, var, _ = self.ekf.run(*self._imu_args(batch))
+        return {"mean": mean, "var": var}
+
+    def init_state(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
+        """The filter before any accelerometer sample (`GravityEKF.init_state`)."""
+        return self.ekf.init_state(batch_size)
+
+    def step(self, tick: dict[str, torch.Tensor], state: dict[str, torch.Tensor]):
+        """One tick (B, ...) -> (out (B, 3), next state)."""
+        mean, var, nxt = self.ekf.step(*self._imu_args(tick), state)
+        return {"mean": mean, "var": var}, nxt
+
+    def fit_extra(self, train_dataset, log=print) -> None:
+        """Start the noise from the log's scenario knobs (defaults otherwise), then tune it on the training episodes."""
+        path, episode = train_dataset.episodes[0]
+        start = noise_from_provenance(provenance_of(path, episode))
+        with torch.no_grad():
+            for name, value in start.items():
+                getattr(self.ekf, f"log_{name}").fill_(float(np.log(max(value, NOISE_FLOOR))))
+        log(f"ekf fit_extra: noise from {'the log' if start != DEFAULT_NOISE else 'defaults'}: {self.ekf.noise_values()}")
+        if self.config.fit_epochs == 0:
+            return
+        if self.config.memoryless:
+            log("ekf fit_extra: twin: its single-tick estimate -a/|a| does not depend on the noise; no tuning.")
+            return
+        seqs = []
+        for k in range(min(len(train_dataset.episodes), self.config.max_fit_episodes)):
+            x = train_dataset.sequence(k)
+            gyro, accel, gv, av, dt = self._imu_args(x)
+            seqs.append({"gyro": gyro, "accel": accel, "gyro_valid": gv, "accel_valid": av, "dt_s": dt, "target": x["target"],
+                         "target_valid": x["target_valid"], "tick_is_pad": x["tick_is_pad"]})
+        _, losses = fit(seqs, self.ekf, epochs=self.config.fit_epochs)
+        log(f"ekf fit_extra: tuned on {len(seqs)} episodes, squared error per epoch {[round(x, 6) for x in losses]}; "
+            f"noise {self.ekf.noise_values()}")

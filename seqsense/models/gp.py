@@ -99,14 +99,23 @@ class GPModel(SequenceModel):
     default it is on for image inputs only: on vector inputs it pulls r_t towards the per-tick error
     and costs a few percent of optimality within small budgets.
     State: {"m": (B, D, s), "P": (B, D, s, s)} float64, starting at the stationary prior (0, P∞).
+    Twin (`memoryless=True`): each tick is the stationary prior updated with that tick's z_t alone, no
+    temporal correlation: mean σ² z / (σ² + r), variance σ² r / (σ² + r) + η; training and the
+    hyper-parameter fit see the same (the lengthscale then plays no part).
     """
 
     target_kinds = ("vector", "scalar")  # continuous targets only
 
-    def __init__(self, config: GPConfig, streams, normalization):
-        super().__init__(config, streams, normalization)
-        if self.discrete:
+    @classmethod
+    def check_streams(cls, config: GPConfig, streams) -> None:
+        """ConfigError on a label target (the GP is a prior over continuous values), or a stream it cannot read."""
+        if config.target in streams and streams[config.target].kind in ("label", "event"):
             raise ConfigError(f"gp predicts continuous targets; {config.target!r} is a label stream. Use framewise/rnn/transformer.")
+        super().check_streams(config, streams)
+
+    def __init__(self, config: GPConfig, streams, normalization):
+        type(self).check_streams(config, streams)
+        super().__init__(config, streams, normalization)
         d, h = self.target_dim, config.hidden
         self.encoder = TickEncoder(config.inputs, streams, normalization, config.packed, h, config.frame_channels)
         self.head = PredictionHead(h, d, False, min_var=config.min_meas_var)

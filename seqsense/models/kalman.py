@@ -8,22 +8,23 @@ Three ways to get the linear-Gaussian model, chosen in `fit_extra` (config `dyna
   `cv`; `sysid.fit_lds_em` fits A, Q, H, R, x0, P0 (state size `em_state_dim`) to the training
   episodes by expectation–maximization, and the target map G by least squares of the normalized
   target on the smoothed states (`sysid.fit_readout`). The filter then runs like `metadata`.
-- `imu_gravity`: the extended Kalman filter of `seqsense.models.ekf` (`GravityEKF`): gravity direction
-  in the body frame and gyro bias from raw gyro + accelerometer inputs (`gyro_stream`, `accel_stream`,
-  each a stream or a `stream[i:j]` slice of 3 fields), for a 3-D gravity-direction target such as
-  `imu_motion`'s `truth/gravity_body`. Its noise starts from the log's scenario knobs when present and is
-  tuned on the training episodes (`ekf_fit_epochs`); nothing trains by SGD.
 - `cv`: the pipeline robot stacks use today. A per-tick detector (the shared TickEncoder + a linear
   head, trained by SGD on per-tick MSE like `framewise`) gives measurements of the target, filtered by a
   constant-velocity model per target dimension with irregular steps; `fit_extra` sets R from the
   detector's residuals and fits Q by maximizing the innovation likelihood.
-`auto` (default) uses the metadata when present and falls back to `cv`.
+`auto` (default) uses the metadata when present and falls back to `cv`. (The gravity EKF for raw IMU
+logs is the family `ekf`.)
+
+Memoryless twin (`memoryless=True`, see `seqsense.models.base`): each tick is the single update of
+the prior N(x0, P0) with that tick's measurement, no dynamics. Its fits follow: in cv mode R and the
+prior come from the data as for the full filter and Q, which plays no part, is not fitted; in em mode
+the read-out (G, b, residual variance) is refitted on the twin's single-tick states.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
+import types
 
 import numpy as np
 import scipy.linalg
@@ -32,14 +33,12 @@ from torch import nn
 
 from seqsense.errors import ConfigError
 from seqsense.log.reader import open_log
-from seqsense.models import ekf as gekf
 from seqsense.models import statespace as ss
 from seqsense.models import sysid
 from seqsense.models.base import ModelConfig, SequenceModel, register_model, to_tensors
 from seqsense.models.encoders import TickEncoder
 
-DYNAMICS = ("auto", "metadata", "cv", "em", "imu_gravity")
-_SLICE = re.compile(r"^(?P<name>[^\[\]]+?)(\[(?P<a>\d+):(?P<b>\d+)\])?$")
+DYNAMICS = ("auto", "metadata", "cv", "em")
 SYSTEM_KEYS = {"A": ("F", "A"), "Q": ("Q",), "H": ("H", "C"), "R": ("R",), "x0": ("x0", "x0_mean", "m0"), "P0": ("P0",), "G": ("G", "target_matrix")}
 EM_KEYS = ("z_mean", "y0", "y_var")  # em mode: measurement mean removed before filtering, target intercept and residual variance
 
@@ -55,9 +54,6 @@ class KalmanConfig(ModelConfig):
     meas_dim: int = 0  # m of the linear system (set by fit_extra)
     em_state_dim: int = 0  # em mode: n to fit; 0 = twice the measurement size
     em_iters: int = 50  # em mode: EM iterations at most (0 = the subspace initialization alone)
-    gyro_stream: str = "gyro"  # imu_gravity mode: gyro input, a stream or "stream[i:j]" (3 fields, rad/s)
-    accel_stream: str = "accel"  # imu_gravity mode: accelerometer input, likewise (m/s², specific force)
-    ekf_fit_epochs: int = 2  # imu_gravity mode: epochs tuning the EKF noise on the training episodes (0: keep the start)
     q_steps: int = 60  # Adam steps fitting the CV process noise by innovation likelihood
     q_lr: float = 0.2
     max_fit_episodes: int = 64  # training episodes read by fit_extra
@@ -65,17 +61,13 @@ class KalmanConfig(ModelConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.dynamics not in DYNAMICS:
-            raise ConfigError(f"KalmanConfig: dynamics must be one of {DYNAMICS}, got {self.dynamics!r}.")
+            hint = " The gravity EKF for raw IMU logs is the model family 'ekf'." if self.dynamics in ("imu_gravity", "ekf") else ""
+            raise ConfigError(f"KalmanConfig: dynamics must be one of {DYNAMICS}, got {self.dynamics!r}.{hint}")
         if self.state_dim < 0 or self.meas_dim < 0 or (self.state_dim > 0) != (self.meas_dim > 0):
             raise ConfigError(f"KalmanConfig: state_dim and meas_dim must both be 0 or both >= 1, got {self.state_dim}, {self.meas_dim}.")
         if self.em_state_dim < 0 or self.em_iters < 0:
             raise ConfigError(f"KalmanConfig: em_state_dim must be >= 0 (0 = twice the measurement size) and em_iters >= 0 "
                               f"(0 = no EM iteration after the subspace initialization); got {self.em_state_dim}, {self.em_iters}.")
-        if self.ekf_fit_epochs < 0:
-            raise ConfigError(f"KalmanConfig: ekf_fit_epochs must be >= 0, got {self.ekf_fit_epochs}.")
-        for name in ("gyro_stream", "accel_stream"):
-            if not _SLICE.match(getattr(self, name)):
-                raise ConfigError(f"KalmanConfig: {name} must be a stream name or 'stream[i:j]', got {getattr(self, name)!r}.")
         if self.q_steps < 0 or not self.q_lr > 0 or self.max_fit_episodes < 1:
             raise ConfigError("KalmanConfig: q_steps must be >= 0, q_lr > 0 and max_fit_episodes >= 1.")
 
@@ -101,23 +93,22 @@ class KalmanModel(SequenceModel):
 
     target_kinds = ("vector", "scalar")  # continuous targets only
 
-    def __init__(self, config: KalmanConfig, streams, normalization):
-        super().__init__(config, streams, normalization)
-        if self.discrete:
+    @classmethod
+    def check_streams(cls, config: KalmanConfig, streams) -> None:
+        """ConfigError on a label target, or (em mode) a raw measurement input that is not a latest-mode vector/scalar stream."""
+        if config.target in streams and streams[config.target].kind in ("label", "event"):
             raise ConfigError(f"kalman predicts continuous targets; {config.target!r} is a label stream. Use framewise/rnn/transformer.")
+        super().check_streams(config, streams)
         if config.dynamics == "em" and config.measurement_stream in config.inputs:
             s, info = config.measurement_stream, streams[config.measurement_stream]
             if info.kind not in ("vector", "scalar") or s in config.packed:
                 raise ConfigError(f"kalman dynamics='em' filters the raw measurement stream {s!r}, which must be a vector or scalar "
                                   f"stream in latest mode; it is a {info.kind} stream{' packed' if s in config.packed else ''}. "
                                   "Set measurement_stream to such a stream, or to one that is not an input (EM then runs on the detector).")
-        self.imu: dict[str, tuple[str, slice]] = {}
-        if config.dynamics == "imu_gravity":
-            self.imu = {role: self._imu_input(role, streams) for role in ("gyro", "accel")}
-            if self.target_dim != 3:
-                raise ConfigError(f"kalman dynamics='imu_gravity' predicts a 3-D gravity direction; target {config.target!r} "
-                                  f"has {self.target_dim} values (imu_motion's is 'truth/gravity_body').")
-            self.ekf = gekf.GravityEKF()
+
+    def __init__(self, config: KalmanConfig, streams, normalization):
+        type(self).check_streams(config, streams)
+        super().__init__(config, streams, normalization)
         d, h = self.target_dim, config.hidden
         self.encoder = TickEncoder(config.inputs, streams, normalization, config.packed, h, config.frame_channels)
         self.head = nn.Linear(h, d)
@@ -134,32 +125,6 @@ class KalmanModel(SequenceModel):
                 shapes.update({"z_mean": (m,), "y0": (d,), "y_var": (d,)})
             for name, shape in shapes.items():
                 self.register_buffer(name, torch.zeros(shape, dtype=torch.float64))
-
-    def _imu_input(self, role: str, streams) -> tuple[str, slice]:
-        """(stream, field slice) of the gyro or accel input, checked: a latest-mode vector input with 3 fields."""
-        spec = getattr(self.config, f"{role}_stream")
-        m = _SLICE.match(spec)
-        name = m["name"]
-        if name not in self.config.inputs or name in self.config.packed:
-            raise ConfigError(f"kalman dynamics='imu_gravity': {role}_stream {spec!r} must name an input stream in latest mode; "
-                              f"inputs: {list(self.config.inputs)}, packed: {sorted(self.config.packed)}.")
-        info = streams[name]
-        size = int(np.prod(info.shape) or 1)
-        part = slice(int(m["a"]), int(m["b"])) if m["a"] is not None else slice(0, size)
-        if info.kind != "vector" or len(range(size)[part]) != 3:
-            raise ConfigError(f"kalman dynamics='imu_gravity': {role}_stream {spec!r} must give 3 values of a vector stream; "
-                              f"{name!r} is a {info.kind} stream of {size} values (fields {list(info.fields or [])}).")
-        return name, part
-
-    def _imu_args(self, x: dict[str, torch.Tensor]):
-        """(gyro, accel, gyro_valid, accel_valid, dt_s) of a tick (B, ...) or windows (B, T, ...) for the EKF."""
-        (g, gs), (a, as_) = self.imu["gyro"], self.imu["accel"]
-        return x[g][..., gs], x[a][..., as_], x[f"{g}_valid"], x[f"{a}_valid"], x["dt_s"]
-
-    @property
-    def uses_ekf(self) -> bool:
-        """True in imu_gravity mode: the gravity EKF replaces the linear filter and the detector."""
-        return self.config.dynamics == "imu_gravity"
 
     @property
     def uses_system(self) -> bool:
@@ -185,12 +150,10 @@ class KalmanModel(SequenceModel):
     @property
     def trains_by_sgd(self) -> bool:
         """Only the detector trains by SGD; filters on the raw measurements have nothing to learn by it."""
-        return not (self.measures_raw or self.uses_ekf)
+        return not self.measures_raw
 
     def num_parameters(self) -> int:
         """Detector weights (unless the filter reads raw measurements) plus the filter's fitted numbers."""
-        if self.uses_ekf:
-            return sum(p.numel() for p in self.ekf.parameters())
         if not self.uses_system:
             return sum(p.numel() for p in self.parameters()) + 4 * self.target_dim
         names = ("A", "Q", "H", "R", "x0", "P0") + (("G", "y0", "y_var") if self.uses_em else ())
@@ -266,15 +229,12 @@ class KalmanModel(SequenceModel):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Filtered predictions for every tick of windows (B, T, ...), each window from the prior."""
-        if self.uses_ekf:
-            mean, var, _ = self.ekf.run(*self._imu_args(batch))
-            return {"mean": mean, "var": var}
         z, valid = self._measure(batch)
         return self._output(*self._run(z, valid, batch["dt_s"]))
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The detector's per-tick MSE in normalized units (filters on raw measurements: the filter's NLL)."""
-        if (self.measures_raw and self.uses_system) or self.uses_ekf:
+        if self.measures_raw and self.uses_system:
             return super().loss(batch)
         valid = batch["target_valid"] & ~batch["tick_is_pad"]
         y = (batch["target"] - self.target_mean) / self.target_std
@@ -282,16 +242,11 @@ class KalmanModel(SequenceModel):
 
     def init_state(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
         """The prior N(x0, P0): m, P float64 (see the class doc for shapes), started (B,) = 0."""
-        if self.uses_ekf:
-            return self.ekf.init_state(batch_size)
         m, P = self._prior(batch_size)
         return {"m": m, "P": P, "started": torch.zeros(batch_size, dtype=torch.float64, device=m.device)}
 
     def step(self, tick: dict[str, torch.Tensor], state: dict[str, torch.Tensor]):
         """One tick (B, ...) -> (out (B, D), next state)."""
-        if self.uses_ekf:
-            mean, var, nxt = self.ekf.step(*self._imu_args(tick), state)
-            return {"mean": mean, "var": var}, nxt
         z, valid = self._measure(tick)  # (B, m)
         m, P = self._filter_step(state["m"], state["P"], state["started"], tick["dt_s"], z, valid)
         return self._output(m, P), {"m": m, "P": P, "started": torch.ones_like(state["started"])}
@@ -301,9 +256,6 @@ class KalmanModel(SequenceModel):
         """Load the log's system (metadata), fit one by EM (em), or fit the CV filter's R and Q (cv)."""
         if self.config.dynamics == "em":
             self._fit_em(train_dataset, log)
-            return
-        if self.uses_ekf:
-            self._fit_ekf(train_dataset, log)
             return
         if self.config.dynamics != "cv":
             system = find_system(train_dataset.episodes)
@@ -356,7 +308,8 @@ class KalmanModel(SequenceModel):
         s = self.config.measurement_stream
         raw = s in self.config.inputs
         zs, oks, ys, yoks = [], [], [], []
-        for x in self._fit_sequences(train_dataset):
+        seqs = self._fit_sequences(train_dataset)
+        for x in seqs:
             live = ~x["tick_is_pad"][0]
             if raw:
                 zs.append(x[s][0].double().reshape(len(live), -1))
@@ -377,30 +330,29 @@ class KalmanModel(SequenceModel):
         G, y0, y_var = sysid.fit_readout(fit, ys, yoks)
         system = {**dataclasses.asdict(fit.lds), "G": G, "z_mean": z_mean, "y0": y0, "y_var": y_var}
         self._set_system(system)
+        if self.config.memoryless:  # the twin reads its target off single-tick states, not smoothed ones
+            for name, value in zip(("G", "y0", "y_var"), self._twin_readout(seqs, ys, yoks)):
+                getattr(self, name).copy_(torch.as_tensor(value))
+            y_var = self.y_var.cpu().numpy()
         self.em_loglik = ll = fit.loglik  # log p(z) per EM iteration, for inspection (not saved)
         log(f"kalman fit_extra: EM fit of a linear system (n={self.config.state_dim}, m={self.config.meas_dim}) on "
             f"{'the raw ' + repr(s) + ' stream' if raw else 'the detector outputs'} of {len(zs)} episodes: log-likelihood "
-            f"{ll[0]:.2f} -> {ll[-1]:.2f} in {len(ll) - 1} iterations; target residual variance {np.round(y_var, 6).tolist()}")
+            f"{ll[0]:.2f} -> {ll[-1]:.2f} in {len(ll) - 1} iterations; target residual variance {np.round(y_var, 6).tolist()}"
+            f"{' (twin: read-out fitted on single-tick states)' if self.config.memoryless else ''}")
 
-    def _fit_ekf(self, train_dataset, log) -> None:
-        """Start the EKF noise from the log's scenario knobs (defaults otherwise), then tune it on the training episodes."""
-        path, episode = train_dataset.episodes[0]
-        start = gekf.noise_from_provenance(gekf.provenance_of(path, episode))
-        with torch.no_grad():
-            for name, value in start.items():
-                getattr(self.ekf, f"log_{name}").fill_(float(np.log(max(value, gekf.NOISE_FLOOR))))
-        log(f"kalman fit_extra: gravity EKF noise from {'the log' if start != gekf.DEFAULT_NOISE else 'defaults'}: {self.ekf.noise_values()}")
-        if self.config.ekf_fit_epochs == 0:
-            return
-        seqs = []
-        for k in range(min(len(train_dataset.episodes), self.config.max_fit_episodes)):
-            x = train_dataset.sequence(k)
-            gyro, accel, gv, av, dt = self._imu_args(x)
-            seqs.append({"gyro": gyro, "accel": accel, "gyro_valid": gv, "accel_valid": av, "dt_s": dt, "target": x["target"],
-                         "target_valid": x["target_valid"], "tick_is_pad": x["tick_is_pad"]})
-        _, losses = gekf.fit(seqs, self.ekf, epochs=self.config.ekf_fit_epochs)
-        log(f"kalman fit_extra: gravity EKF tuned on {len(seqs)} episodes, squared error per epoch {[round(x, 6) for x in losses]}; "
-            f"noise {self.ekf.noise_values()}")
+    def _twin_readout(self, seqs, ys, yoks):
+        """(G, b, residual variance) by least squares on the twin's states: each tick the prior updated with that tick alone."""
+        means, covs = [], []
+        for x in seqs:
+            z, valid = self._measure(x)  # (1, T, m)
+            T = z.shape[1]
+            m, P = self._run(z.reshape(T, 1, -1), None if valid is None else valid.reshape(T, 1), x["dt_s"].reshape(T, 1))
+            means.append(m[:, 0].cpu().numpy())  # (T, n)
+            covs.append(P[:, 0].cpu().numpy())  # (T, n, n)
+        t_max = max(len(a) for a in means)
+        pad = lambda a: np.concatenate([a, np.zeros((t_max - len(a),) + a.shape[1:])])  # noqa: E731
+        states = types.SimpleNamespace(means=np.stack([pad(a) for a in means]), covs=np.stack([pad(a) for a in covs]))
+        return sysid.fit_readout(states, ys, yoks)
 
     @torch.no_grad()
     def _fit_cv(self, train_dataset, log) -> None:
@@ -426,8 +378,9 @@ class KalmanModel(SequenceModel):
         self.p0.copy_((yall**2).mean(0).clamp(min=1e-6))
         self.v0.copy_(torch.cat(vel).pow(2).mean(0).clamp(min=1e-6) if sum(len(v) for v in vel) else torch.ones_like(self.v0))
         q0 = torch.cat(acc).mean(0).clamp(min=1e-6) if sum(len(a) for a in acc) else torch.ones_like(self.q)
-        self.q.copy_(self._fit_q(zs, dts, q0))
-        log(f"kalman fit_extra: CV filter q {self.q.tolist()} (init {q0.tolist()}), r {self.r.tolist()}")
+        self.q.copy_(q0 if self.config.memoryless else self._fit_q(zs, dts, q0))  # a twin never predicts: Q plays no part
+        log(f"kalman fit_extra: CV filter q {self.q.tolist()} (init {q0.tolist()}{'; twin: not fitted' if self.config.memoryless else ''}), "
+            f"r {self.r.tolist()}")
 
     def _fit_q(self, zs, dts, q0: torch.Tensor, chunk: int = 64) -> torch.Tensor:
         """Maximize the innovation log-likelihood of the detector outputs over log q (D,), on chunks of `chunk` ticks.

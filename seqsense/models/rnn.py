@@ -2,7 +2,8 @@
 
 Each tick's features are joined with the time since the previous tick (`dt_s`, clamped), so the cell
 can tell a dropped frame from a regular one. The offline `forward` runs the cell over the window
-from a zero state, which is exactly what a loop of `step` from `init_state` computes.
+from a zero state, which is exactly what a loop of `step` from `init_state` computes. Its memoryless
+twin (`memoryless=True`, built in `seqsense.models.base`) resets the state at every tick.
 """
 
 from __future__ import annotations

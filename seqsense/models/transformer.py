@@ -7,7 +7,8 @@ relative-position bias with per-head slopes m_n = 2^(-8 n / N) (Press et al. 202
 only on the distance i - j, so it survives the window sliding: the streaming form keeps each layer's
 keys and values of the last W ticks in a cache kv (L, B, 2, N, W, E), shifted by one slot per tick (slot s holds the tick
 W - 1 - s ticks ago), plus the count of ticks seen so far to mask empty slots. The offline forward
-uses the same sliding-window mask, so a loop of `step` reproduces it exactly.
+uses the same sliding-window mask, so a loop of `step` reproduces it exactly. Its memoryless twin
+(`memoryless=True`, built in `seqsense.models.base`) is context 1: each tick attends only to itself.
 """
 
 from __future__ import annotations
