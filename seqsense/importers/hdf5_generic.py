@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 
 from seqsense.errors import SeqsenseError
+from seqsense.importers.base import ImportJob, Importer, read_head, register_importer
 from seqsense.importers.mapping import Mapping
 from seqsense.importers.messages import Part
 from seqsense.importers.sink import ImportSession, StreamSink
@@ -40,6 +41,29 @@ def _arrays(group: h5py.Group) -> dict[str, h5py.Dataset]:
     out = {}
     group.visititems(lambda name, obj: out.__setitem__(name, obj) if isinstance(obj, h5py.Dataset) else None)
     return out
+
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+@register_importer("hdf5")
+class HDF5Importer(Importer):
+    """Arrays of a generic HDF5 file with a sampling rate or a time array; one episode per file."""
+
+    summary = "arrays in a generic HDF5 file (.h5 .hdf5) with a sampling rate or a time array"
+
+    def detect(self, path: Path) -> bool:
+        """An HDF5 suffix or the HDF5 signature."""
+        return path.is_file() and (path.suffix.lower() in (".h5", ".hdf5", ".he5")
+                                   or read_head(path, 8) == HDF5_MAGIC)
+
+    def list(self, path: Path, job: ImportJob) -> list[dict]:
+        """Every array with its shape and dtype."""
+        return list_arrays(path)
+
+    def import_(self, path: Path, session: ImportSession, job: ImportJob) -> None:
+        """Import the mapped arrays as one episode."""
+        import_hdf5(path, job.mapping, session)
 
 
 def list_arrays(path: Path) -> list[dict]:
@@ -115,8 +139,8 @@ def _part(f: h5py.File, path: Path, e: dict) -> Part:
 def import_hdf5(path: Path, mapping: Mapping, session: ImportSession) -> None:
     """Import the mapped arrays of one HDF5 file as one episode."""
     if session.options.episode != "per-file":
-        raise SeqsenseError(f"'{path}': --episode {session.options.episode} splits bags and CSV logs only; "
-                            "HDF5 and video inputs give one episode per file.")
+        raise SeqsenseError(f"'{path}': --episode {session.options.episode} does not apply to generic HDF5 "
+                            "files: HDF5 and video inputs give one episode per file.")
     with _open(path) as f:
         entries = _entries(f, path, mapping)
         if not entries:

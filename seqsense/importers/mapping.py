@@ -10,8 +10,12 @@ the command line, which are appended to the file's entries:
                  {"topic": "/odom", "stream": "odom_vel", "fields": ["twist.twist.linear.x"],
                   "field_names": ["vx"], "units": "m/s"}]}
 
-`--map` forms: `TOPIC=STREAM` (rename the topic's streams), `TOPIC:PATH,PATH=STREAM` (a vector of
-numeric fields), and for HDF5 / CSV sources `ARRAY,ARRAY=STREAM` / `COLUMN,COLUMN=STREAM`. A topic
+`--map` forms: `TOPIC=STREAM` (rename the topic's streams; also a ULog topic such as
+`sensor_accel_0=accel` or a dataset folder's stream such as `cam0=camera`), `TOPIC:PATH,PATH=STREAM`
+(a vector of numeric fields: message field paths, or ULog fields such as
+`sensor_combined_0:gyro_rad[0],gyro_rad[1]=gyro`), and for HDF5 / table sources `ARRAY,ARRAY=STREAM` /
+`COLUMN,COLUMN=STREAM`. Per-format settings (`time_column`, `time_unit`, `delimiter`, `header_rows`,
+`column_names`, `fps`, `frame_times`, `annotations`, ...) go at the top level or under "options". A topic
 named by any entry gives exactly the streams its entries name; other topics are imported with their
 default names when `include_unmapped` is true (the default) and skipped (and counted) otherwise.
 """
@@ -24,7 +28,8 @@ from pathlib import Path
 
 from seqsense.errors import ConfigError
 
-OPTION_KEYS = ("time", "episode", "sort_time", "image_size", "fps", "frame_times", "time_unit")
+OPTION_KEYS = ("time", "episode", "sort_time", "image_size", "fps", "frame_times", "time_unit", "time_column",
+               "delimiter", "header_rows", "decimal", "annotations")
 ENTRY_KEYS = {"topic", "stream", "fields", "field_names", "units", "allow_nan", "arrays", "columns",
               "kind", "frame_id", "description"}
 

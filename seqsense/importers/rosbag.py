@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from seqsense.errors import SeqsenseError
+from seqsense.importers.base import ImportJob, Importer, read_head, register_importer
 from seqsense.importers.mapping import Mapping
 from seqsense.importers.messages import (
     FieldPathConverter,
@@ -233,3 +234,84 @@ def import_bag(path: Path, plan: dict, session: ImportSession, fmt: str) -> None
         reader.close()
     if episode is not None:
         session.close_episode(sinks)
+
+
+class _BagImporter(Importer):
+    """Bags read with rosbags: the topic plan is made once for all inputs, then each bag is one episode
+    (or several with --episode gap=S / every=S)."""
+
+    family = "rosbag"
+
+    def list(self, path: Path, job: ImportJob) -> list[dict]:
+        """Topics with their type, count and mean rate, from the bag's index."""
+        return list_topics(path)
+
+    def prepare(self, paths: list[Path], job: ImportJob) -> None:
+        """One handler plan for the topics of every input (a topic must have one type in all of them)."""
+        topics: dict[str, str] = {}
+        for p in paths:
+            listing = list_topics(p)
+            if sum(e["count"] for e in listing) == 0:
+                raise SeqsenseError(f"'{p}': the bag holds no messages (empty bag; topics: "
+                                    f"{[e['topic'] for e in listing] or 'none'}).")
+            for e in listing:
+                if topics.setdefault(e["topic"], e["msgtype"]) != e["msgtype"]:
+                    raise SeqsenseError(f"'{p}': topic '{e['topic']}' has type {e['msgtype']} here but "
+                                        f"{topics[e['topic']]} in an earlier input; import them separately.")
+        plan, skipped = plan_topics(topics, job.mapping, job.options.image_size, job.notify)
+        job.plan["topics"] = plan
+        job.provenance["skipped_topics"] = skipped
+        import rosbags
+
+        job.provenance["rosbags_version"] = getattr(rosbags, "__version__", None) or _dist_version("rosbags")
+
+    def import_(self, path: Path, session: ImportSession, job: ImportJob) -> None:
+        """Import one bag with the plan made by prepare()."""
+        import_bag(path, job.plan["topics"], session, self.name)
+
+
+@register_importer("rosbag1")
+class Rosbag1Importer(_BagImporter):
+    """ROS 1 bags."""
+
+    summary = "ROS 1 bags (.bag)"
+    priority = 10
+
+    def detect(self, path: Path) -> bool:
+        """A .bag file or the #ROSBAG signature."""
+        return path.is_file() and (path.suffix.lower() == ".bag" or read_head(path, 7) == b"#ROSBAG")
+
+
+@register_importer("mcap")
+class McapImporter(_BagImporter):
+    """Bare MCAP files (ROS 2 messages)."""
+
+    summary = "MCAP files (.mcap)"
+    priority = 10
+
+    def detect(self, path: Path) -> bool:
+        """A .mcap file or the MCAP signature."""
+        return path.is_file() and (path.suffix.lower() == ".mcap" or read_head(path, 5) == b"\x89MCAP")
+
+
+@register_importer("rosbag2")
+class Rosbag2Importer(_BagImporter):
+    """ROS 2 bag folders (sqlite3 or MCAP storage) and bare .db3 files."""
+
+    summary = "ROS 2 bag folders (metadata.yaml, .db3 or .mcap inside) and .db3 files"
+    priority = 10
+
+    def detect(self, path: Path) -> bool:
+        """A folder with metadata.yaml / .db3 / .mcap inside, or a .db3 file."""
+        if path.is_dir():
+            return (path / "metadata.yaml").exists() or any(path.glob("*.db3")) or any(path.glob("*.mcap"))
+        return path.suffix.lower() == ".db3"
+
+
+def _dist_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None

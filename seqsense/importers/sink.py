@@ -259,3 +259,60 @@ class ImportSession:
             self._scratch.close()
             self._scratch = None
         self._scratch_path.unlink(missing_ok=True)
+
+
+class TimedEpisodes:
+    """The episodes of one source whose streams are written one after another from known timestamps.
+
+    Array-like sources (ULog topics, dataset folders) know every stream's timestamps before writing
+    its data, so the split (`--episode`) is decided up front from all of them: one episode, pieces of
+    `every=S` seconds from the first sample, or a new episode after every gap longer than `gap=S`
+    seconds in the merged timestamps. Each stream's samples then go to the episode their time falls
+    in (samples before the first start go to the first episode). Owns one sink per (episode, stream).
+    """
+
+    def __init__(self, session: ImportSession, times: list[np.ndarray], provenance: dict, source: dict):
+        self.session = session
+        opts = session.options
+        t_all = np.sort(np.concatenate([np.asarray(t, np.int64) for t in times])) if times else np.zeros(0, np.int64)
+        if len(t_all) == 0:
+            raise SeqsenseError(f"'{source.get('file')}': no samples to import.")
+        if opts.every_ns is not None:
+            piece = (t_all - t_all[0]) // opts.every_ns
+            first = np.r_[0, np.flatnonzero(np.diff(piece)) + 1]
+        elif opts.gap_ns is not None:
+            first = np.r_[0, np.flatnonzero(np.diff(t_all) > opts.gap_ns) + 1]
+        else:
+            first = np.zeros(1, np.int64)
+        self.starts = t_all[first]
+        self.episodes = []
+        for i, t0 in enumerate(self.starts):
+            ep = session.new_episode({**provenance, "segment": i, "first_t_ns": int(t0)})
+            session.sources.append({**source, "episode": ep.name})
+            self.episodes.append(ep)
+        self.sinks: list[dict[str, StreamSink]] = [{} for _ in self.starts]
+
+    def add_stream(self, name: str, part: Part, t_ns: np.ndarray, blocks, source: str, frame_id: str = "",
+                   where: str = "") -> None:
+        """Write one stream: `t_ns` (N,) and `blocks`, an iterable of (i0, data) covering rows 0..N-1 in order."""
+        t_ns = np.asarray(t_ns, np.int64)
+        ep_of = np.maximum(np.searchsorted(self.starts, t_ns, side="right") - 1, 0)
+        where = where or f"stream '{name}'"
+        for i0, x in blocks:
+            i1 = i0 + len(x)
+            k = ep_of[i0:i1]
+            cuts = np.r_[0, np.flatnonzero(np.diff(k)) + 1, len(k)]  # runs of samples in one episode
+            for a, b in zip(cuts[:-1], cuts[1:]):
+                if a == b:
+                    continue
+                e = int(k[a])
+                sink = self.sinks[e].get(name)
+                if sink is None:
+                    sink = StreamSink(self.session, self.episodes[e], name, part, source, frame_id, where)
+                    self.sinks[e][name] = sink
+                sink.add_block(t_ns[i0 + a : i0 + b], x[a:b], i0 + a)
+
+    def close(self) -> None:
+        """Finish every episode (backwards timestamps are an error unless --sort-time)."""
+        for sinks in self.sinks:
+            self.session.close_episode(list(sinks.values()))

@@ -17,11 +17,13 @@ import cv2
 import numpy as np
 
 from seqsense.errors import SeqsenseError
-from seqsense.importers.csv_log import _header, _parse_rows, time_column
-from seqsense.importers.mapping import Mapping
+from seqsense.importers.base import ImportJob, Importer, register_importer
 from seqsense.importers.messages import Part
 from seqsense.importers.sink import ImportSession, StreamSink
+from seqsense.importers.tables import open_table, time_column
 from seqsense.log.format import seconds_to_ns
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v"}
 
 
 def _frame_times_path(video: Path, settings: dict) -> Path | None:
@@ -42,9 +44,8 @@ def _open(video: Path) -> cv2.VideoCapture:
     return cap
 
 
-def describe(video: Path, mapping: Mapping, settings: dict | None = None) -> list[dict]:
+def describe(video: Path, settings: dict) -> list[dict]:
     """The video's frame count, size and rate, and where its frame times come from."""
-    settings = {**mapping.settings, **mapping.options, **(settings or {})}
     cap = _open(video)
     n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     size = f"{int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))}x{int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))}"
@@ -62,26 +63,43 @@ def frame_times_ns(video: Path, settings: dict) -> np.ndarray | None:
         return None
     if not path.exists():
         raise SeqsenseError(f"'{video}': frame-time file '{path}' does not exist.")
-    columns = _header(path, ",")
-    if "time_column" not in settings and len(columns) == 1:
-        settings = {**settings, "time_column": columns[0]}
-    tcol, scale = time_column(path, columns, settings)
-    import csv
-
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f)][1:]
-    x = _parse_rows(path, [r for r in rows if r], 2, columns)
-    return np.round(x[:, columns.index(tcol)] * scale).astype(np.int64)
+    settings = {k: v for k, v in settings.items() if k not in ("delimiter", "header_rows", "column_names")}
+    table = open_table(path, settings)
+    if "time_column" not in settings and len(table.columns) == 1:
+        settings = {**settings, "time_column": table.columns[0]}
+    tcol, scale = time_column(table, settings)
+    blocks = [table.times_ns(lines, rows, tcol, scale, 0) for lines, rows in table.blocks()]
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.int64)
 
 
-def import_video(video: Path, mapping: Mapping, session: ImportSession, cli_settings: dict) -> None:
+@register_importer("video")
+class VideoImporter(Importer):
+    """Video files with a CSV of frame times or a fixed rate; one episode per video."""
+
+    summary = f"videos ({', '.join(sorted(VIDEO_SUFFIXES))}) with a frame-time CSV or --fps"
+
+    def detect(self, path: Path) -> bool:
+        """A file with a video suffix."""
+        return path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES
+
+    def list(self, path: Path, job: ImportJob) -> list[dict]:
+        """The video's frame count, size and rate."""
+        return describe(path, job.settings)
+
+    def import_(self, path: Path, session: ImportSession, job: ImportJob) -> None:
+        """Import one video as one episode."""
+        import_video(path, session, job)
+
+
+def import_video(video: Path, session: ImportSession, job: ImportJob) -> None:
     """Import one video as one episode with an image stream."""
     from tqdm import tqdm
 
+    mapping = job.mapping
     if session.options.episode != "per-file":
-        raise SeqsenseError(f"'{video}': --episode {session.options.episode} splits bags and CSV logs only; "
+        raise SeqsenseError(f"'{video}': --episode {session.options.episode} does not apply to videos: "
                             "HDF5 and video inputs give one episode per file.")
-    settings = {**mapping.settings, **mapping.options, **{k: v for k, v in cli_settings.items() if v is not None}}
+    settings = job.settings
     t = frame_times_ns(video, settings)
     cap = _open(video)
     n_meta = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
