@@ -2,15 +2,19 @@
 
 Each claim gets `supported`, `refuted`, `depends` (true in some measured settings, false in others)
 or `inconclusive` (the cells that would decide it are missing or their intervals straddle the margin),
-with an evidence sentence quoting the numbers it rests on.
+with an evidence sentence quoting the numbers it rests on. The evidence is the controlled comparison:
+each family against its own memoryless twin (memory), and the twin against itself behind a smoother
+(consistency), never one family against another.
 """
 
 from __future__ import annotations
 
 import math
 
-NEEDS = "needs temporal modeling"
+NEEDS = "needs memory"
+CONSISTENCY = "needs consistency only"
 ENOUGH = "frame-independent is enough"
+INCONCLUSIVE = "inconclusive"
 
 CLAIMS = {
     1: "Slideshow-like streams need no temporal coherence: each frame can be modeled on its own.",
@@ -26,13 +30,15 @@ def _metric(cell: dict, model: str, key: str) -> float:
     return float(v) if v is not None and math.isfinite(float(v)) else math.nan
 
 
-def _fmt_need(name: str, consumer: str, need: dict) -> str:
-    def pct(x):
-        return "–" if x is None or not math.isfinite(x) else f"{x:+.0%}"
+def _pct(x) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{x:+.0%}"
 
+
+def _fmt_need(name: str, consumer: str, need: dict) -> str:
+    m, c = need["memory"], need["consistency"]
     return (
-        f"{name}/{consumer}: gap {pct(need['gap'])} [{pct(need['ci_low'])}, {pct(need['ci_high'])}] "
-        f"({need['best_temporal']} vs {need['best_memoryless']}) → {need['verdict']}"
+        f"{name}/{consumer}: memory gain {_pct(m['gain'])} [{_pct(m['ci_low'])}, {_pct(m['ci_high'])}] "
+        f"({m['family']} vs its twin), smoothing the twin {_pct(c['gain'])} [{_pct(c['ci_low'])}, {_pct(c['ci_high'])}] → {need['verdict']}"
         + (f" ({need['note']})" if need.get("note") else "")
     )
 
@@ -59,19 +65,22 @@ def _needs(cells, consumer: str | None = None) -> list[tuple[str, str, dict]]:
 
 
 def claim_slideshow(results: dict) -> tuple[str, str]:
-    """Claim 1 from the slideshow cells' need verdicts (all consumers)."""
+    """Claim 1 from the slideshow cells' memory verdicts (all consumers), twin against full model."""
     needs = _needs(_cells(results, _is_static))
     if not needs:
-        return "inconclusive", "No slideshow cell finished."
+        return INCONCLUSIVE, "No slideshow cell finished."
+    memory = {n["memory"]["verdict"] for _, _, n in needs}
     verdicts = {n["verdict"] for _, _, n in needs}
     evidence = "; ".join(_fmt_need(*x) for x in needs)
-    if verdicts == {ENOUGH}:
+    if memory == {ENOUGH} and verdicts <= {ENOUGH}:
         return "supported", evidence
+    if memory == {ENOUGH} and CONSISTENCY in verdicts:
+        return "depends", "Memory adds nothing, but some consumers pay for jumps that smoothing removes: " + evidence
     if NEEDS in verdicts and ENOUGH in verdicts:
         return "depends", "Depends on the consumer: " + evidence
     if NEEDS in verdicts:
         return "refuted", evidence
-    return "inconclusive", evidence
+    return INCONCLUSIVE, evidence
 
 
 def _is_dynamic_video(name: str, cell: dict) -> bool:
@@ -79,10 +88,10 @@ def _is_dynamic_video(name: str, cell: dict) -> bool:
 
 
 def claim_transformer(results: dict) -> tuple[str, str]:
-    """Claim 2: does temporal attention over frame tokens beat the per-frame model on moving scenes?"""
+    """Claim 2: does temporal attention over frame tokens beat the same transformer cut to one tick?"""
     parts, wins = [], []
     for name, cell in _cells(results, _is_dynamic_video):
-        t, f = _metric(cell, "transformer", "rmse"), _metric(cell, "framewise", "rmse")
+        t, f = _metric(cell, "transformer", "rmse"), _metric(cell, "transformer-twin", "rmse")
         if math.isnan(t) or math.isnan(f):
             continue
         best_r2 = max((_metric(cell, m, "r2") for m in cell["models"]), default=math.nan)
@@ -90,10 +99,11 @@ def claim_transformer(results: dict) -> tuple[str, str]:
             parts.append(f"{name}: no model learned the target within the budget (best R² {best_r2:.2f})")
             continue
         wins.append(t < 0.9 * f)
-        parts.append(f"{name}: transformer RMSE {t:.3g} vs framewise {f:.3g} ({t / f - 1:+.0%})")
+        parts.append(f"{name}: transformer RMSE {t:.3g} vs its context-1 twin {f:.3g} ({t / f - 1:+.0%})")
     if not wins:
-        return "inconclusive", ("; ".join(parts) or "No cell with moving frames finished for both models.")
-    evidence = f"The transformer beat the per-frame model by more than 10 % in {sum(wins)} of {len(wins)} moving-scene cells: " + "; ".join(parts)
+        return INCONCLUSIVE, ("; ".join(parts) or "No cell with moving frames finished for the transformer and its twin.")
+    evidence = (f"Attention across frames beat the same transformer cut to one tick by more than 10 % in {sum(wins)} of "
+                f"{len(wins)} moving-scene cells: " + "; ".join(parts))
     if all(wins):
         return "refuted", evidence
     if not any(wins):
@@ -102,56 +112,56 @@ def claim_transformer(results: dict) -> tuple[str, str]:
 
 
 def claim_smoothness(results: dict) -> tuple[str, str]:
-    """Claim 3: the GP prior lowers flicker on noisy streams; does it also handle jumps (cuts)?"""
-    noisy = _cells(results, lambda n, c: c.get("scenario") == "tracking" and float(c.get("knobs", {}).get("pixel_noise", 0)) >= 0.1)
-    static = _cells(results, _is_static)
-    parts, smoother, jump_ok = [], [], []
-    for name, cell in noisy:
-        g, f = _metric(cell, "gp", "flicker"), _metric(cell, "framewise", "flicker")
-        if not (math.isnan(g) or math.isnan(f)):
-            smoother.append(g < f)
-            parts.append(f"{name}: GP flicker {g:.3g} vs framewise {f:.3g}")
-    for name, cell in static:
-        g, f = _metric(cell, "gp", "recovery_mean_s"), _metric(cell, "framewise", "recovery_mean_s")
-        gl, fl = _metric(cell, "gp", "rmse"), _metric(cell, "framewise", "rmse")
-        if not (math.isnan(gl) or math.isnan(fl)):
-            jump_ok.append(gl <= fl * 1.05 and not (g > f * 1.5 and g - f > 0.05))
-            parts.append(f"{name}: GP RMSE {gl:.3g} vs framewise {fl:.3g}, recovery after cuts {g:.2f} s vs {f:.2f} s")
-    if not smoother and not jump_ok:
-        return "inconclusive", "No noisy-tracking or slideshow cell finished for both the GP and framewise models."
+    """Claim 3: smoothing a memoryless model (consistency) against memory, on noisy, jumping and distractor cells."""
+    parts, enough, not_enough = [], [], []
+    for name, cell in _cells(results, lambda n, c: c.get("scenario") in ("tracking", "slideshow")):
+        need = cell.get("need", {}).get("tracking")
+        if not need:
+            continue
+        v = need["verdict"]
+        if v == CONSISTENCY or (v == ENOUGH and need["consistency"]["verdict"] == ENOUGH):
+            enough.append(name)
+        elif v == NEEDS:
+            not_enough.append(name)
+        b = need["beyond_smoothing"]
+        parts.append(f"{name}: smoothing the twin {_pct(need['consistency']['gain'])}, memory beyond smoothing "
+                     f"{_pct(b['gain'])} [{_pct(b['ci_low'])}, {_pct(b['ci_high'])}] → {v}")
+    if not parts:
+        return INCONCLUSIVE, "No tracking or slideshow cell finished with the tracking controller."
     evidence = "; ".join(parts)
-    if smoother and all(smoother) and jump_ok and all(jump_ok):
+    if enough and not not_enough:
         return "supported", evidence
-    if smoother and all(smoother):
-        return "depends", "Smoothing removes jitter but lags or averages across semantic jumps: " + evidence
-    return "refuted", evidence
+    if not_enough and not enough:
+        return "refuted", "Smoothing a memoryless model is not enough where memory pays: " + evidence
+    return "depends", (f"Smoothing is enough in {len(enough)} cell(s) ({', '.join(enough)}), memory pays beyond it in "
+                       f"{len(not_enough)} ({', '.join(not_enough)}): " + evidence)
 
 
 def claim_static_vs_dynamic(results: dict) -> tuple[str, str]:
-    """Claim 4: memoryless enough on static streams, not on dynamic targets (tracking consumer)."""
+    """Claim 4: memoryless enough on static streams, not on dynamic targets (tracking consumer, memory verdicts)."""
     static = _needs(_cells(results, _is_static), "tracking")
     dynamic = _needs(_cells(results, _is_dynamic_target), "tracking")
     if not static or not dynamic:
-        return "inconclusive", "Needs both a slideshow cell and a velocity/future-position cell."
+        return INCONCLUSIVE, "Needs both a slideshow cell and a velocity/future-position cell."
     evidence = "; ".join(_fmt_need(*x) for x in static + dynamic)
-    static_ok = all(n["verdict"] != NEEDS for _, _, n in static)
-    dynamic = [x for x in dynamic if x[2]["verdict"] != "inconclusive"]
+    static_ok = all(n["memory"]["verdict"] != NEEDS for _, _, n in static)
+    dynamic = [x for x in dynamic if x[2]["memory"]["verdict"] != INCONCLUSIVE and x[2]["verdict"] != INCONCLUSIVE]
     if not dynamic:
-        return "inconclusive", "The dynamic-target cells are inconclusive: " + evidence
-    dynamic_needs = all(n["verdict"] == NEEDS for _, _, n in dynamic)
+        return INCONCLUSIVE, "The dynamic-target cells are inconclusive: " + evidence
+    dynamic_needs = all(n["memory"]["verdict"] == NEEDS for _, _, n in dynamic)
     if static_ok and dynamic_needs:
         return "supported", evidence
-    if not static_ok and not any(n["verdict"] == NEEDS for _, _, n in dynamic):
+    if not static_ok and not any(n["memory"]["verdict"] == NEEDS for _, _, n in dynamic):
         return "refuted", evidence
     return "depends", evidence
 
 
 def claim_machines(results: dict) -> tuple[str, str]:
-    """Claim 5: count consumer settings that need temporal modeling and where RMSE picks the wrong model."""
+    """Claim 5: consumer settings that need memory or consistency, and where RMSE picks another model."""
     needs = _needs(_cells(results, lambda n, c: True))
     if not needs:
-        return "inconclusive", "No cell finished."
-    needed = [(n, c) for n, c, need in needs if need["verdict"] == NEEDS]
+        return INCONCLUSIVE, "No cell finished."
+    needed = [(n, c, need["verdict"]) for n, c, need in needs if need["verdict"] in (NEEDS, CONSISTENCY)]
     disagree = [
         f"{name}/{cons} (RMSE picks {ra['rmse_pick']}, the consumer {ra['consumer_pick']})"
         for name, cell in results.get("cells", {}).items()
@@ -161,12 +171,16 @@ def claim_machines(results: dict) -> tuple[str, str]:
     imu = _cells(results, lambda n, c: c.get("scenario") == "imu_motion")
     imu_part = ""
     for name, cell in imu:
-        f = _metric(cell, "framewise", "rmse")
-        best = min((_metric(cell, m, "rmse"), m) for m in cell["models"] if cell["models"][m].get("family") != "framewise")
-        imu_part += f" On {name}, framewise RMSE {f:.3g} vs {best[1]} {best[0]:.3g}."
+        rows = [(_metric(cell, m, "rmse"), m) for m, info in cell["models"].items() if not info.get("wrapper")]
+        rows = [r for r in rows if math.isfinite(r[0])]
+        if rows:
+            best, worst_twin = min(rows), [r for r in rows if r[1].endswith("-twin") or r[1] == "framewise"]
+            if worst_twin:
+                ml = min(worst_twin)
+                imu_part += f" On {name}, the best memoryless model ({ml[1]}) has RMSE {ml[0]:.3g}, the best model ({best[1]}) {best[0]:.3g}."
     evidence = (
-        f"{len(needed)} of {len(needs)} (cell, consumer) settings need temporal modeling"
-        + (f" ({', '.join(f'{n}/{c}' for n, c in needed[:6])}{' …' if len(needed) > 6 else ''})" if needed else "")
+        f"{len(needed)} of {len(needs)} (cell, consumer) settings need memory or consistency"
+        + (f" ({', '.join(f'{n}/{c}: {v}' for n, c, v in needed[:6])}{' …' if len(needed) > 6 else ''})" if needed else "")
         + f"; RMSE ranks a different best model than the consumer in {len(disagree)} setting(s)"
         + (f": {'; '.join(disagree[:4])}" if disagree else "")
         + "."
@@ -174,7 +188,7 @@ def claim_machines(results: dict) -> tuple[str, str]:
     )
     if needed:
         return "refuted", evidence
-    return "supported" if all(n["verdict"] == ENOUGH for _, _, n in needs) else "inconclusive", evidence
+    return "supported" if all(n["verdict"] == ENOUGH for _, _, n in needs) else INCONCLUSIVE, evidence
 
 
 ASSESSORS = {1: claim_slideshow, 2: claim_transformer, 3: claim_smoothness, 4: claim_static_vs_dynamic, 5: claim_machines}

@@ -28,3 +28,31 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def json_safe(x):
+    """NaN/inf -> None, numpy -> python, recursively: what strict JSON can hold."""
+    import math
+
+    import numpy as np
+
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return json_safe(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+def write_json_atomic(path: str | os.PathLike, data) -> None:
+    """Strict JSON (NaN and inf as null) through a temporary file and a rename."""
+    import json
+
+    write_atomic(path, json.dumps(json_safe(data), indent=1, allow_nan=False))

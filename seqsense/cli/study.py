@@ -1,6 +1,8 @@
-"""Run the study: generate the scenario sweep from a recipe, train every model family on equal
-budgets, replay held-out episodes through each, drive the machine consumers, and report when temporal
-modeling is needed (OUT/index.html, OUT/summary.md, OUT/results.json). Interrupted runs resume."""
+"""Run the study: generate the scenario sweep from a recipe, train every model family and its
+memoryless twin on equal budgets (optimizer steps), replay held-out episodes through each, drive the
+machine consumers, and report when a consumer needs memory, when smoothing alone is enough, and which
+family pays off, controls first (OUT/index.html, OUT/summary.md, OUT/results.json). Interrupted runs
+resume; Ctrl-C stops every worker and keeps the finished cells."""
 
 from __future__ import annotations
 
@@ -15,7 +17,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="study_out", metavar="DIR", help="output folder (default: study_out); reused to resume")
     p.add_argument("--seed", type=int, action="append", metavar="S", help="seed(s) to run (repeatable); default 0, or 0 1 2 with --full")
     p.add_argument("--jobs", type=int, default=0, metavar="N", help="cells run in N parallel processes, one CPU thread each (default: one per core)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="study settings: steps, time_budget_s, batch_size, window, hidden, test_episodes, families, n_boot, margin")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where cells run: local processes (default) or Ray tasks (RAY_ADDRESS or a local Ray; see docs/study-executors.md)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="study settings: steps, encoder_steps, batch_size, window, hidden, test_episodes, families, n_boot, margin, "
+                        "cached_features, smoothing_taus_s")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -39,10 +45,12 @@ def run(args: argparse.Namespace) -> int:
     if args.seed:
         overrides["seeds"] = ",".join(str(s) for s in args.seed)
     config = apply_overrides(config, overrides, owner="study")
-    study = Study(config, args.out, progress=not args.no_progress, jobs=jobs)
+    study = Study(config, args.out, progress=not args.no_progress, jobs=jobs, executor=args.executor)
     results = study.run()
     n_done = sum(c["status"] == "done" for c in results["cells"].values())
     print(f"study {config.recipe}: {n_done}/{len(results['cells'])} cells done in {results['elapsed_s']:.0f} s")
+    for name, c in results["controls"].items():
+        print(f"  control {name} ({c['kind']}): {c['status'].upper()} — memory verdict {c.get('memory_verdict', '–')}")
     for claim in results["claims"]:
         print(f"  claim {claim['id']}: {claim['verdict']:<12} {claim['claim']}")
     print(f"report: {args.out}/index.html  (also summary.md, results.json)")

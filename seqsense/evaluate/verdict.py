@@ -157,3 +157,92 @@ def rank_agreement(rmse: Mapping[str, float], cost: Mapping[str, float]) -> dict
         "picks_agree": rmse_pick == consumer_pick,
         "n_models": len(names),
     }
+
+
+# ---- the controlled comparison: each family against its own memoryless twin -------------------
+NEEDS_MEMORY = "needs memory"
+NEEDS_CONSISTENCY = "needs consistency only"
+MEMORY_VERDICTS = (NEEDS_MEMORY, NEEDS_CONSISTENCY, FRAME_INDEPENDENT, INCONCLUSIVE)
+
+
+@dataclasses.dataclass
+class PairedGain:
+    """The relative cost gain base → treated of the family picked by `pick`, with its CI and verdict.
+
+    gain = (c_base − c_treated) / max(c_base, c_treated) for the picked family f* = argmin_f pick_f;
+    the pick is re-made inside every bootstrap replicate (the interval includes the uncertainty of
+    which family is best). Verdict (one-sided margin δ): CI low > δ → `positive`, CI high < δ →
+    "frame-independent is enough" (the treatment does not pay), otherwise "inconclusive".
+    """
+
+    gain: float
+    ci_low: float
+    ci_high: float
+    verdict: str
+    family: str
+    cost_base: float
+    cost_treated: float
+    margin: float
+    level: float
+    n_boot: int
+    per_family: dict  # family -> {"gain", "cost_base", "cost_treated"} on the full data
+
+    def as_dict(self) -> dict:
+        """A JSON-ready dict of all fields."""
+        return dataclasses.asdict(self)
+
+
+def paired_gain(base: Mapping[str, Sequence], treated: Mapping[str, Sequence], pick: Mapping[str, Sequence] | None = None,
+                positive: str = NEEDS_MEMORY, margin: float = 0.05, n_boot: int = 2000, level: float = 0.95,
+                seed: int = 0) -> PairedGain:
+    """Gain of `treated` over `base` (same families, costs (S, E) each) for the family best by `pick`.
+
+    Memory gain: base = twins, treated = full models, pick = full models. Consistency gain: base =
+    twins, treated = smoothed twins, pick = full models (the same family as the memory verdict).
+    """
+    if not 0 < level < 1 or n_boot < 1:
+        raise ValueError(f"need 0 < level < 1 and n_boot >= 1; got level={level}, n_boot={n_boot}.")
+    pick = treated if pick is None else pick
+    families = [f for f in pick if f in base and f in treated]
+    if not families:
+        raise ValueError(f"no family has costs in base, treated and pick; base: {sorted(base)}, treated: {sorted(treated)}, pick: {sorted(pick)}.")
+    _, b = _cost_table({f: base[f] for f in families})
+    _, t = _cost_table({f: treated[f] for f in families})
+    _, p = _cost_table({f: pick[f] for f in families})
+    if not b.shape == t.shape == p.shape:
+        raise ValueError(f"base, treated and pick need costs of one shape (seeds, episodes); got {b.shape}, {t.shape}, {p.shape}.")
+    mb, mt, mp = b.mean(axis=(1, 2)), t.mean(axis=(1, 2)), p.mean(axis=(1, 2))
+    best = int(np.argmin(mp))
+    rng = np.random.default_rng(seed)
+    _, s, e = b.shape
+    reps = np.empty(n_boot)
+    for r in range(n_boot):
+        si, ei = rng.integers(0, s, s), rng.integers(0, e, e)
+        k = int(np.argmin(p[:, si][:, :, ei].mean(axis=(1, 2))))
+        reps[r] = _gap(b[k][si][:, ei].mean(), t[k][si][:, ei].mean())
+    alpha = 0.5 * (1.0 - level)
+    lo, hi = (float(q) for q in np.quantile(reps, [alpha, 1.0 - alpha]))
+    verdict = positive if lo > margin else FRAME_INDEPENDENT if hi < margin else INCONCLUSIVE
+    per_family = {f: {"gain": _gap(mb[i], mt[i]), "cost_base": float(mb[i]), "cost_treated": float(mt[i])} for i, f in enumerate(families)}
+    return PairedGain(_gap(mb[best], mt[best]), lo, hi, verdict, families[best], float(mb[best]), float(mt[best]),
+                      margin, level, n_boot, per_family)
+
+
+def which_pays(memory: PairedGain, consistency: PairedGain | None, beyond_smoothing: PairedGain | None) -> str:
+    """The consumer's verdict from the memory gain, the consistency gain and memory beyond smoothing.
+
+    - "needs memory": the memory gain clears the margin, and smoothing the twin does not match the
+      full model (memory beyond smoothing is not below the margin);
+    - "needs consistency only": smoothing the memoryless twin clears the margin and memory adds
+      nothing conclusive beyond it;
+    - "frame-independent is enough": neither memory nor smoothing clears the margin (both CIs below it);
+    - otherwise "inconclusive".
+    """
+    smooth_matches = beyond_smoothing is not None and beyond_smoothing.verdict == FRAME_INDEPENDENT
+    if memory.verdict == NEEDS_MEMORY and not smooth_matches:
+        return NEEDS_MEMORY
+    if consistency is not None and consistency.verdict == NEEDS_CONSISTENCY and (memory.verdict != NEEDS_MEMORY or smooth_matches):
+        return NEEDS_CONSISTENCY
+    if memory.verdict == FRAME_INDEPENDENT and (consistency is None or consistency.verdict == FRAME_INDEPENDENT):
+        return FRAME_INDEPENDENT
+    return INCONCLUSIVE

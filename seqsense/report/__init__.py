@@ -95,9 +95,17 @@ def build_sections(results: dict) -> list[tb.Section]:
     palette = plots.Palette(tb.family_order(results))
     cell_list = tb.ordered_cells(results)
     margin = tb.num(results.get("margin"))
-    memoryless = ", ".join(map(str, results.get("memoryless") or [])) or tb.DASH
     cell_files, consumer_files = _safe_names([n for _, n, _ in cell_list]), _safe_names(tb.consumers(results))
     sections = []
+
+    controls = tb.controls_table(results)
+    if controls.rows:
+        verdict = "every control passed" if results.get("controls_pass") else "a control FAILED: read the verdicts below with care"
+        sections.append(tb.Section("Controls", [
+            f"Cells whose answer is known, checked before anything else ({verdict}). The negative control (a clean "
+            "slideshow: each frame shows its answer) must need no memory; the positive controls (linear-Gaussian, "
+            "occlusion) must need memory, with a learned accuracy gain of at least half the oracle's. Verdicts are "
+            "the tracking controller's, which every cell has.", controls]))
 
     claims = tb.claims_table(results)
     sections.append(tb.Section("The claims", [
@@ -105,29 +113,41 @@ def build_sections(results: dict) -> list[tb.Section]:
         claims if claims.rows else "No claims were evaluated in this run."]))
 
     sections.append(tb.Section("Headline", [
-        f"Per cell: the best memoryless model ({memoryless}) and the best temporal model by mean tracking cost "
-        f"(lower is better), the relative gap (memoryless − temporal) / memoryless (divided by the larger cost when "
-        f"the temporal model is the costlier, so the gap stays within ±100 %) with its 95% bootstrap CI, and "
-        f"the verdict per consumer (margin {tb.fmt(margin)}).",
+        "Per cell: the oracle's accuracy gain from memory (from the generator's truth, no learning), the learned "
+        "accuracy gain 1 − MSE(full) / MSE(twin) of the most accurate learned family, and for the tracking "
+        "controller the memory gain (the family's memoryless twin → the full model, same architecture, data, steps "
+        "and seed) and the smoothing gain (the twin → the twin behind an exponential smoother tuned on validation "
+        f"episodes), relative cost changes with 95% paired bootstrap CIs; then the verdict per consumer (margin {tb.fmt(margin)}).",
         tb.headline(results)]))
 
+    oracle = tb.oracle_table(results)
+    if oracle.rows:
+        sections.append(tb.Section("Oracle gaps", [
+            "Where the scenario admits it, the best estimator with memory against the best memoryless one, both "
+            "computed from the generator's truth with no learning. A learned verdict that contradicts its oracle is flagged.",
+            oracle]))
+
     need_blocks: list = [
-        "Gap > 0: the best temporal model is cheaper by that fraction of the best memoryless model's cost. "
-        "The grey band is ±margin: a CI entirely above it means the consumer needs temporal modeling, "
-        "entirely below it that frame-independent prediction is enough."]
+        "Memory gain > 0: the full model is cheaper than its own memoryless twin by that fraction of the twin's cost "
+        "(the family is the one whose full model is cheapest, re-picked in every bootstrap replicate). Smoothing gain: "
+        "the same twin behind its tuned smoother. The grey band is ±margin. Needs memory: the memory gain's CI is above "
+        "the margin and smoothing the twin does not match the full model; needs consistency only: smoothing the twin "
+        "clears the margin and memory adds nothing beyond it; frame-independent is enough: both CIs are below the margin."]
     for c in tb.consumers(results):
         need_blocks.append(tb.Section(f"{c} consumer", _fig(
             f"need_{consumer_files[c]}", plots.need_plot(results, c),
-            f"Need index for the {c} consumer: gap per cell with 95% CI, grouped by scenario.") + [tb.need_table(results, c)]))
-    sections.append(tb.Section("Need for temporal modeling", need_blocks))
+            f"{c} consumer: memory gain (filled) and smoothing gain (hollow) per cell with 95% CI.") + [tb.need_table(results, c)]))
+    sections.append(tb.Section("Memory or consistency?", need_blocks))
 
     sections.append(tb.Section("Accuracy vs consistency", _fig(
         "accuracy_consistency", plots.accuracy_consistency_plot(results, palette),
         "RMSE against flicker and against lag, one point per (cell, model); hollow markers are wrapped variants.")
         or ["No model has an RMSE to plot."]))
 
-    traj: list = ["Truth and every model's prediction of the first target field in one held-out episode; "
-                  "shaded: occluded, dashed vertical lines: slide cuts."]
+    traj: list = ["Truth and the predictions of the first target field in one held-out episode, read from the cell's "
+                  "saved predictions (predictions.h5): the family the tracking verdict rests on, its memoryless twin, "
+                  "the twin behind its smoother, and framewise; shaded grey: occluded, orange: a distractor in view, "
+                  "dashed vertical lines: slide cuts."]
     for _, name, cell in cell_list:
         figs = _fig(f"trajectory_{cell_files[name]}", plots.trajectory_plot(name, cell, palette), f"{name}: example trajectory.")
         traj.append(tb.Section(name, figs or [f"No example trajectory ({tb.status(cell)})."]))
@@ -155,7 +175,10 @@ def build_sections(results: dict) -> list[tb.Section]:
     sections.append(tb.Section("Rank agreement", rank_blocks))
 
     details: list = ["Every model per cell: parameters, training seconds, accuracy, calibration (90% coverage), "
-                     "consistency (flicker, TVR, lag), consumer costs (lower is better) and per-step latency."]
+                     "consistency (flicker, TVR, lag), consumer costs (lower is better) and per-step latency. "
+                     "`-twin`: the family's memoryless twin; `+ema`: behind its smoother (time constant per consumer, "
+                     "tuned on validation episodes). On camera cells with cached features the latency is that of the "
+                     "model on the frame encoder's features (the encoder's cost is shared by every model)."]
     for _, name, cell in cell_list:
         table = tb.details_table(cell)
         details.append(tb.Section(name, [tb.cell_summary(name, cell), table if table.rows else "No model was evaluated."]))

@@ -22,7 +22,7 @@ FAMILY_COLORS = {"framewise": "#d62728", "gp": "#2ca02c", "rnn": "#1f77b4", "tra
 FAMILY_MARKERS = {"framewise": "o", "gp": "s", "rnn": "^", "transformer": "D", "kalman": "v"}
 _SPARE_COLORS = ["#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 _SPARE_MARKERS = ["P", "X", "*", "h", "<"]
-VERDICT_COLORS = {tb.NEEDS: "#d95f02", tb.ENOUGH: "#1b9e77", tb.UNCLEAR: "#7f7f7f"}
+VERDICT_COLORS = {tb.NEEDS: "#d95f02", tb.CONSISTENCY: "#7570b3", tb.ENOUGH: "#1b9e77", tb.UNCLEAR: "#7f7f7f"}
 
 
 class Palette:
@@ -76,29 +76,35 @@ def _wrapped(model_name: str, model: dict) -> bool:
 
 
 def need_plot(results: dict, consumer: str) -> bytes | None:
-    """Gap with CI per cell for one consumer, cells grouped by scenario, band at ±margin, colour by verdict."""
+    """Memory gain (twin → full) and smoothing gain (twin → smoothed twin) with CIs per cell for one
+    consumer, cells grouped by scenario, band at ±margin, colour by the cell's verdict."""
     pts = [(scen, name, tb.need(cell, consumer)) for scen, name, cell in tb.ordered_cells(results)]
-    pts = [(s, n, d) for s, n, d in pts if tb.finite(d.get("gap"))]
+    pts = [(s, n, d) for s, n, d in pts if tb.finite((d.get("memory") or {}).get("gain"))]
     if not pts:
         return None
     margin = tb.num(results.get("margin"))
-    margins = [tb.num(d.get("margin")) for _, _, d in pts if tb.finite(d.get("margin"))]
-    margin = margins[0] if margins else (margin if math.isfinite(margin) else 0.05)
-    fig = MplFigure(figsize=(max(6.0, 0.55 * len(pts) + 2.0), 3.8))
+    margin = margin if math.isfinite(margin) else 0.05
+    fig = MplFigure(figsize=(max(6.0, 0.6 * len(pts) + 2.0), 3.8))
     ax = fig.subplots()
     ax.axhspan(-margin, margin, color="#dddddd", zorder=0, label=f"±margin ({margin:g})")
     ax.axhline(0.0, color="#999999", lw=0.8, zorder=1)
     seen = set()
     for i, (_, _, d) in enumerate(pts):
-        g = tb.num(d["gap"])
-        lo, hi = tb.num(d.get("ci_low")), tb.num(d.get("ci_high"))
         v = d.get("verdict")
         color = VERDICT_COLORS.get(v, "#333333")
-        label = v if v not in seen else None
-        seen.add(v)
-        if math.isfinite(lo) and math.isfinite(hi):
-            ax.errorbar([i], [g], yerr=[[max(g - lo, 0.0)], [max(hi - g, 0.0)]], fmt="none", ecolor=color, capsize=3, zorder=2)
-        ax.plot([i], [g], "o", color=color, label=label, zorder=3)
+        for dx, key, marker in ((-0.15, "memory", "o"), (0.15, "consistency", "s")):
+            g = d.get(key) or {}
+            y, lo, hi = tb.num(g.get("gain")), tb.num(g.get("ci_low")), tb.num(g.get("ci_high"))
+            if not math.isfinite(y):
+                continue
+            if math.isfinite(lo) and math.isfinite(hi):
+                ax.errorbar([i + dx], [y], yerr=[[max(y - lo, 0.0)], [max(hi - y, 0.0)]], fmt="none", ecolor=color, capsize=3, zorder=2)
+            label = f"{key} gain" if (key, None) not in seen else None
+            seen.add((key, None))
+            ax.plot([i + dx], [y], marker, color=color, mfc=color if key == "memory" else "white", zorder=3, label=label)
+        if v not in seen:
+            ax.plot([], [], "o", color=color, label=v)
+            seen.add(v)
     prev, n_groups = None, 0
     for i, (scen, _, _) in enumerate(pts):
         if scen != prev:
@@ -110,8 +116,8 @@ def need_plot(results: dict, consumer: str) -> bytes | None:
     ax.set_xticks(range(len(pts)))
     ax.set_xticklabels([n for _, n, _ in pts], rotation=35, ha="right", fontsize=8)
     ax.set_xlim(-0.6, len(pts) - 0.4)
-    ax.set_ylabel("gap (fraction of memoryless cost)")
-    ax.set_title(f"Need for temporal modeling — {consumer} consumer (95% CI)", pad=28)
+    ax.set_ylabel("gain (fraction of the twin's cost)")
+    ax.set_title(f"Memory vs smoothing — {consumer} consumer (95% CI)", pad=28)
     ax.legend(fontsize=7, loc="best")
     return to_png(fig)
 
@@ -174,8 +180,9 @@ def _first_field(series) -> np.ndarray | None:
 
 
 def trajectory_plot(name: str, cell: dict, palette: Palette) -> bytes | None:
-    """Truth and every model's prediction of the first target field over time in the cell's example
-    episode, occlusions shaded and slide cuts drawn as vertical lines."""
+    """Truth and the decisive models' predictions (the verdict's family, its twin, the smoothed twin,
+    framewise) of the first target field in the cell's example episode; occlusions and distractor
+    intervals shaded, slide cuts drawn as vertical lines."""
     ex = cell.get("example")
     if not isinstance(ex, dict) or not isinstance(ex.get("t_s"), list) or not ex["t_s"]:
         return None
@@ -196,8 +203,17 @@ def trajectory_plot(name: str, cell: dict, palette: Palette) -> bytes | None:
     for i, c in enumerate(cuts):
         ax.axvline(c, color="#888888", ls="--", lw=0.8, label="cut" if i == 0 else None)
     ax.plot(t, truth, color="black", lw=1.8, label="truth")
+    dis = ex.get("distractor")
+    if isinstance(dis, list) and len(dis) == len(t):
+        mask = np.array([tb.finite(v) and tb.num(v) > 0 for v in dis])
+        for i, (a, b) in enumerate(_runs(mask)):
+            ax.axvspan(t[a], t[min(b, len(t) - 1)], color="#f4c7a1", alpha=0.5, lw=0, label="distractor shown" if i == 0 else None)
     models = tb.models(cell)
     preds = ex.get("predictions") if isinstance(ex.get("predictions"), dict) else {}
+    family = tb.need(cell, tb.PRIMARY_CONSUMER).get("family")
+    if family:  # the decisive comparison: the family, its twin, the smoothed twin, and framewise for reference
+        keep = {family, f"{family}-twin", f"{family}-twin+ema", "framewise"}
+        preds = {k: v for k, v in preds.items() if k in keep}
     for mname, series in preds.items():
         y = _first_field(series or [])
         if y is None or len(y) != len(t):

@@ -12,10 +12,11 @@ import math
 from typing import Any, Iterable
 
 DASH = "–"
-NEEDS = "needs temporal modeling"
+NEEDS = "needs memory"
+CONSISTENCY = "needs consistency only"
 ENOUGH = "frame-independent is enough"
 UNCLEAR = "inconclusive"
-SHORT_VERDICT = {NEEDS: "needs temporal", ENOUGH: "frame-only OK", UNCLEAR: "inconclusive"}
+SHORT_VERDICT = {NEEDS: "needs memory", CONSISTENCY: "smoothing enough", ENOUGH: "frame-only OK", UNCLEAR: "inconclusive"}
 PRIMARY_CONSUMER = "tracking"
 KNOWN_CONSUMERS = ("tracking", "safety", "intercept")
 
@@ -249,28 +250,54 @@ def claims_table(results: dict) -> Table:
 
 
 def headline(results: dict) -> Table:
-    """One row per cell: setting, best memoryless and temporal tracking cost, the gap with CI, verdicts."""
+    """One row per cell: setting, oracle and learned accuracy gains, memory and consistency gains, verdicts."""
     cons = consumers(results) or [PRIMARY_CONSUMER]
     p = PRIMARY_CONSUMER if PRIMARY_CONSUMER in cons else cons[0]
-    header = ["cell", "setting", f"memoryless ({p} cost)", f"temporal ({p} cost)", f"{p} gap [95% CI]"] + cons
+    header = ["cell", "setting", "oracle gain", "learned gain (family)", f"memory gain, {p} [95% CI]",
+              f"smoothing gain, {p} [95% CI]"] + cons
     rows = []
     for _, name, cell in ordered_cells(results):
         where = setting(cell)
         if is_error(cell):
             where += f" — {status(cell)[:80]}"
         n = need(cell, p)
-        ml = f"{n['best_memoryless']} {fmt(n.get('cost_memoryless'))}" if n.get("best_memoryless") else DASH
-        tm = f"{n['best_temporal']} {fmt(n.get('cost_temporal'))}" if n.get("best_temporal") else DASH
-        rows.append([name, where, ml, tm, gap_text(n)] + [short_verdict(need(cell, c).get("verdict")) for c in cons])
+        acc = cell.get("accuracy_gain") if isinstance(cell.get("accuracy_gain"), dict) else {}
+        learned = f"{fmt_pct(acc.get('learned'))} ({text(acc.get('family'))})" if finite(acc.get("learned")) else DASH
+        rows.append([name + role_mark(cell), where, fmt_pct(acc.get("oracle")) if finite(acc.get("oracle")) else DASH, learned,
+                     gap_text(n.get("memory") or {}), gap_text(n.get("consistency") or {})]
+                    + [short_verdict(need(cell, c).get("verdict")) for c in cons])
+    return Table(header, rows)
+
+
+def role_mark(cell: dict) -> str:
+    """' (control −)', ' (control +)', ' (experiment)' or ''."""
+    role = cell.get("role")
+    return {"negative": " (control −)", "positive": " (control +)", "experiment": " (experiment)"}.get(role, "")
+
+
+def controls_table(results: dict) -> Table:
+    """One row per control cell: what it must show, what it showed, pass or fail."""
+    rows = []
+    for name, c in (results.get("controls") or {}).items():
+        if not isinstance(c, dict):
+            continue
+        ci = c.get("ci") or [None, None]
+        gain = f"{fmt_pct(c.get('memory_gain'))} [{fmt_pct(ci[0])}, {fmt_pct(ci[1])}]" if finite(c.get("memory_gain")) else DASH
+        frac = fmt(c.get("fraction_of_oracle"), 2) if finite(c.get("fraction_of_oracle")) else DASH
+        rows.append([name, text(c.get("kind")), text(c.get("expect")), text(c.get("memory_verdict")), gain, text(c.get("family")),
+                     fmt_pct(c.get("learned_gain")) if finite(c.get("learned_gain")) else DASH,
+                     fmt_pct(c.get("oracle_gain")) if finite(c.get("oracle_gain")) else DASH, frac, text(c.get("status")).upper()])
+    header = ["cell", "control", "must show", "memory verdict", "memory gain [95% CI]", "family", "learned accuracy gain",
+              "oracle gain", "learned / oracle", "status"]
     return Table(header, rows)
 
 
 def gap_text(n: dict) -> str:
-    """'+31% [+20%, +40%]' from a need entry, DASH when missing."""
-    if not finite(n.get("gap")):
+    """'+31% [+20%, +40%]' from a gain entry, DASH when missing."""
+    if not finite(n.get("gain")):
         return DASH
     ci = f" [{fmt_pct(n.get('ci_low'))}, {fmt_pct(n.get('ci_high'))}]" if finite(n.get("ci_low")) else ""
-    return fmt_pct(n.get("gap")) + ci
+    return fmt_pct(n.get("gain")) + ci
 
 
 def short_verdict(v: Any) -> str:
@@ -279,15 +306,38 @@ def short_verdict(v: Any) -> str:
 
 
 def need_table(results: dict, consumer: str) -> Table:
-    """Per cell for one consumer: best models, their costs, the gap with CI and the verdict."""
+    """Per cell for one consumer: the family, its twin, full and smoothed-twin costs, the three gains, lag, verdict."""
     rows = []
     for _, name, cell in ordered_cells(results):
         n = need(cell, consumer)
         if not n:
             continue
-        rows.append([name, text(n.get("best_memoryless")), fmt(n.get("cost_memoryless")), text(n.get("best_temporal")),
-                     fmt(n.get("cost_temporal")), gap_text(n), text(n.get("verdict"))])
-    return Table(["cell", "best memoryless", "cost", "best temporal", "cost", "gap [95% CI]", "verdict"], rows)
+        m, c, b = n.get("memory") or {}, n.get("consistency") or {}, n.get("beyond_smoothing") or {}
+        lag = n.get("lag_s") if isinstance(n.get("lag_s"), dict) else {}
+        lag_text = f"{fmt(lag.get('twin'), 2)} → {fmt(lag.get('twin_smoothed'), 2)}"
+        rows.append([name + role_mark(cell), text(n.get("family")), fmt(m.get("cost_base")), fmt(m.get("cost_treated")),
+                     gap_text(m), fmt(c.get("cost_treated")), gap_text(c), gap_text(b), lag_text,
+                     fmt(n.get("framewise_cost")), text(n.get("verdict")) + (f" ({n['note']})" if n.get("note") else "")])
+    header = ["cell", "family", "twin cost", "full cost", "memory gain", "smoothed twin cost", "smoothing gain",
+              "memory beyond smoothing", "lag s twin → smoothed", "framewise cost", "verdict"]
+    return Table(header, rows)
+
+
+def oracle_table(results: dict) -> Table:
+    """Per cell with an oracle: its kind, MSEs with and without memory, oracle and learned accuracy gains."""
+    rows = []
+    for _, name, cell in ordered_cells(results):
+        o = cell.get("oracle")
+        if not isinstance(o, dict):
+            continue
+        acc = cell.get("accuracy_gain") if isinstance(cell.get("accuracy_gain"), dict) else {}
+        flag = cell.get("oracle_disagrees")
+        rows.append([name + role_mark(cell), text(o.get("kind")), fmt(o.get("mse_memoryless")), fmt(o.get("mse_memory")),
+                     fmt_pct(o.get("gain")), f"{fmt_pct(acc.get('learned'))} ({text(acc.get('family'))})" if finite(acc.get("learned")) else DASH,
+                     fmt(acc.get("fraction_of_oracle"), 2) if finite(acc.get("fraction_of_oracle")) else DASH,
+                     f"DISAGREES: {flag}" if flag else "agrees"])
+    header = ["cell", "oracle", "MSE memoryless", "MSE with memory", "oracle gain", "learned gain (family)", "learned / oracle", "learned verdict vs oracle"]
+    return Table(header, rows)
 
 
 def rank_table(results: dict) -> tuple[Table, list[str]]:

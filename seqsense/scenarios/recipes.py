@@ -1,7 +1,11 @@
 """Dataset recipes: the named sweeps the study runs (`datasets/recipes/<name>.json`).
 
 A recipe file is {"name", "description", "seed", "cells": [...]}; each cell is
-{name, scenario, knobs, episodes, duration_s[, target, inputs, seed]}. `load_recipe` checks every
+{name, scenario, knobs, episodes, duration_s[, target, inputs, seed, encoder_target, control, experiment]}:
+`encoder_target` is the per-frame observable the cell's frame encoder learns when the target cannot
+be seen in one frame (default: the target), `control` marks a cell whose answer is known
+("negative": needs no memory, "positive": needs memory), `experiment` one reported without a pass
+criterion. `load_recipe` checks every
 cell against the scenario registry (knob names, types, ranges, cross-knob rules, and that `target`
 and `inputs` are streams the scenario writes) and fills in what a cell leaves out.
 """
@@ -17,7 +21,8 @@ from seqsense.scenarios.base import episode_rng
 from seqsense.scenarios.write import file_provenance, make_scenario
 
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "datasets" / "recipes"
-CELL_KEYS = {"name", "scenario", "knobs", "episodes", "duration_s", "target", "inputs", "seed"}
+CELL_KEYS = {"name", "scenario", "knobs", "episodes", "duration_s", "target", "inputs", "seed", "encoder_target", "control", "experiment"}
+CONTROLS = ("negative", "positive")
 REQUIRED_CELL_KEYS = ("name", "scenario", "episodes", "duration_s")
 
 
@@ -86,6 +91,14 @@ def validate_cell(raw: dict, default_seed: int = 0, where: str = "cell") -> dict
         raise ConfigError(f"{where}: target {target!r} is not a stream of this scenario; streams: {streams}.")
     if not isinstance(inputs, list) or not inputs or any(s not in streams or s.split("/")[0] in ("truth", "optimal") for s in inputs):
         raise ConfigError(f"{where}: inputs {inputs!r} must be a non-empty list of sensor streams of this scenario; streams: {streams}.")
+    encoder_target = raw.get("encoder_target", target)
+    if encoder_target not in streams:
+        raise ConfigError(f"{where}: encoder_target {encoder_target!r} is not a stream of this scenario; streams: {streams}.")
+    control = raw.get("control")
+    if control is not None and control not in CONTROLS:
+        raise ConfigError(f"{where}: control={control!r}; valid: {', '.join(CONTROLS)} (or leave it out).")
+    if not isinstance(raw.get("experiment", False), bool):
+        raise ConfigError(f"{where}: experiment must be true or false, got {raw['experiment']!r}.")
     return {
         "name": str(raw["name"]),
         "scenario": sc.name,
@@ -96,4 +109,7 @@ def validate_cell(raw: dict, default_seed: int = 0, where: str = "cell") -> dict
         "inputs": list(inputs),
         "seed": sc.seed,
         "optimal": prov["optimal"] if target == prov["target"] else None,
+        "encoder_target": encoder_target,
+        "control": control,
+        "experiment": bool(raw.get("experiment", False)),
     }
