@@ -18,7 +18,7 @@ from seqsense.errors import SeqsenseError
 # (subcommand, module under seqsense.cli, one-line help)
 SUBCOMMANDS = [
     ("generate", "generate", "generate scenario logs with ground truth"),
-    ("import", "import_", "convert recorded logs (rosbag1/2, MCAP, video+CSV, HDF5, CSV) to a seqsense log"),
+    ("import", "import_", "convert recorded logs (rosbag1/2, MCAP, PX4 ULog, image datasets, video+CSV, tables, HDF5) to a seqsense log"),
     ("inspect", "inspect", "summarize logs; --validate reports every problem"),
     ("train", "train", "train a model family on logs"),
     ("eval", "eval", "replay held-out logs through trained predictors and score them"),

@@ -151,14 +151,26 @@ def score_episode(rep: Replay, dataset: WindowDataset, k: int, consumer_override
     y_ref = _stream_at(episode, optimal, rep.t_s) if optimal else None
     fields = dataset.index(k).streams[target].fields
     row = sequence_metrics(rep.t_s, rep.y_true, rep.mean, rep.var, y_ref=y_ref, field_names=fields, **kwargs)
-    for name, (overrides, truth_stream) in consumer_plan(provenance, target, episode).items():
+    row.update(consumer_summaries(rep, dataset, k, consumer_overrides))
+    return {"file": rep.file, "episode": rep.episode, **row}
+
+
+def consumer_summaries(rep: Replay, dataset: WindowDataset, k: int, consumer_overrides: dict | None = None,
+                       only: str | None = None) -> dict:
+    """The machine consumers that apply to episode k driven by a replay: {"<consumer>.<key>": value}
+    (just consumer `only` when given), without the other metrics of `score_episode`."""
+    episode = dataset.index(k).episode
+    row = {}
+    for name, (overrides, truth_stream) in consumer_plan(episode.log.provenance, dataset.spec.target, episode).items():
+        if only is not None and name != only:
+            continue
         merged = {**overrides, **(consumer_overrides or {}).get(name, {})}
         consumer = consumer_lib.make_consumer(name, **{k2: v for k2, v in merged.items()})
         truth = _stream_at(episode, truth_stream, rep.t_s) if truth_stream else rep.y_true
         truth = np.where(rep.valid[:, None], truth, np.nan)
         summary = consumer_lib.run(consumer, rep.t_s, rep.mean, truth, rep.var)
         row.update({f"{name}.{key}": float(v) for key, v in summary.items()})
-    return {"file": rep.file, "episode": rep.episode, **row}
+    return row
 
 
 def evaluate_predictor(predictor, dataset: WindowDataset, consumer_overrides: dict | None = None, keep_replays: int = 1, progress=None):

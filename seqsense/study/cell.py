@@ -197,7 +197,7 @@ class CellRun:
         val = WindowDataset(self._val_refs(train_log, first.config), spec)
         rows, infos, saved = [], {}, {}
         for label, (model, info) in models.items():
-            taus = tune_smoothing(model.predictor(), val, self.config.smoothing_taus_s)
+            taus = tune_smoothing(model, val, self.config.smoothing_taus_s)
             reps = [replay(model.predictor(), test, k) for k in range(len(test.episodes))]
             for k, rep in enumerate(reps):
                 where = {"file": Path(rep.file).name, "model": label, "seed": self.seed}  # relative: results move with the folder
@@ -253,6 +253,18 @@ def replay(predictor, dataset, k: int):
     return replay_episode(predictor, dataset, k)
 
 
+def offline_replay(model, dataset, k: int):
+    """Episode k through the model's offline `predict` (equal to the streaming loop, faster): a Replay
+    without step latencies, for tuning on validation episodes."""
+    from seqsense.evaluate.replay import Replay
+
+    seq = dataset.sequence(k)
+    out = model.predict({key: v for key, v in seq.items() if key not in ("target", "target_valid")})
+    f, e = dataset.episodes[k]
+    return Replay(file=f, episode=e, t_s=seq["t_ns"] / NS_PER_S, y_true=seq["target"], valid=seq["target_valid"].astype(bool),
+                  mean=out["mean"], var=out.get("var"), probs=None, step_s=np.zeros(len(seq["t_ns"])))
+
+
 def score(rep, dataset, k: int) -> dict:
     """Metrics and consumer costs of one replayed episode."""
     from seqsense.evaluate.replay import score_episode
@@ -275,16 +287,16 @@ def consumer_names(row: dict) -> list[str]:
     return sorted(k.split(".")[0] for k in row if k.endswith(".cost"))
 
 
-def tune_smoothing(predictor, val, taus_s) -> dict[str, float | None]:
+def tune_smoothing(model, val, taus_s) -> dict[str, float | None]:
     """Per consumer, the smoothing time constant (or None: no smoothing) with the lowest mean cost on `val`."""
-    if len(val.episodes) == 0:
+    from seqsense.evaluate.replay import consumer_summaries
+
+    if len(val.episodes) == 0 or model.discrete:
         return {}
-    reps = [replay(predictor, val, k) for k in range(len(val.episodes))]
-    if reps[0].y_true.ndim == 1:
-        return {}
+    reps = [offline_replay(model, val, k) for k in range(len(val.episodes))]
     costs: dict[str, dict] = {}
     for tau in (None, *taus_s):
-        rows = [score(smoothed(rep, tau), val, k) for k, rep in enumerate(reps)]
+        rows = [consumer_summaries(smoothed(rep, tau), val, k) for k, rep in enumerate(reps)]
         for c in consumer_names(rows[0]):
             costs.setdefault(c, {})[tau] = float(np.mean([r[f"{c}.cost"] for r in rows]))
     # the smallest cost; ties go to less smoothing (None first, then the shortest time constant)
@@ -294,13 +306,20 @@ def tune_smoothing(predictor, val, taus_s) -> dict[str, float | None]:
 def score_smoothed(rep, dataset, k: int, taus: dict) -> dict:
     """A row for the model behind its tuned smoother: each consumer's cost with its own time constant.
 
-    The metrics that are not consumer costs are those of the tracking controller's smoother.
+    The metrics that are not consumer costs are those of the tracking controller's smoother; each
+    consumer's `<consumer>.lag_s` is the delay its own smoother costs.
     """
+    from seqsense.evaluate.metrics import lag_s
+    from seqsense.evaluate.replay import consumer_summaries
+
     base = score(smoothed(rep, taus.get("tracking")), dataset, k)
     for c, tau in taus.items():
-        row = base if c == "tracking" else score(smoothed(rep, tau), dataset, k)
-        base.update({key: v for key, v in row.items() if key.startswith(c + ".")})
-        base[f"{c}.lag_s"] = row.get("lag_s", math.nan)  # what this consumer's smoothing costs in delay
+        if c == "tracking" or tau == taus.get("tracking"):
+            base[f"{c}.lag_s"] = base["lag_s"]
+            continue
+        rep_c = smoothed(rep, tau)
+        base.update(consumer_summaries(rep_c, dataset, k, only=c))
+        base[f"{c}.lag_s"] = lag_s(rep_c.t_s, rep_c.y_true, rep_c.mean, valid=rep_c.valid)
     base.update({f"{c}.tau_s": (math.nan if tau is None else tau) for c, tau in taus.items()})
     return base
 

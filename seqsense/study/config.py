@@ -25,8 +25,8 @@ class StudyConfig:
     recipe: str = "quick"
     seeds: tuple[int, ...] = (0,)
     families: tuple[str, ...] = ()
-    steps: int = 400  # optimizer steps per model (each family and its twin)
-    encoder_steps: int = 300  # optimizer steps of the cell's per-frame encoder (windows of ENCODER_WINDOW ticks)
+    steps: int = 300  # optimizer steps per model (each family and its twin)
+    encoder_steps: int = 200  # optimizer steps of the cell's per-frame encoder (windows of ENCODER_WINDOW ticks)
     batch_size: int = 16
     window: int = 32  # ticks per training window (about 1 s at 30 Hz)
     hidden: int = 32
