@@ -1,4 +1,4 @@
-"""Print the study's headline table, or put it into a README between the headline markers.
+"""Print the study's headline block (run, controls, table, claims), or put it into a README between the headline markers.
 
     python scripts/readme_table.py study_out/results.json
     python scripts/readme_table.py study_out/results.json --readme README.md
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from seqsense.errors import SeqsenseError
 from seqsense.fileio import write_atomic
-from seqsense.report import headline_table, replace_marked_block
+from seqsense.report import headline_block, replace_marked_block
 
 
 def load_results(path: Path) -> dict:
@@ -57,12 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", type=Path, help="README to update between the headline markers")
     args = parser.parse_args(argv)
     try:
-        table = headline_table(load_results(args.results))
+        table = headline_block(load_results(args.results))
         if args.readme is None:
             print(table)
         else:
             update_readme(args.readme, table)
-            print(f"updated the headline table in {args.readme}")
+            print(f"updated the headline block in {args.readme}")
     except SeqsenseError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

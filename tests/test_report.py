@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seqsense.report import HEADLINE_END, HEADLINE_START, headline_table, replace_marked_block, write_report
+from seqsense.report import HEADLINE_END, HEADLINE_START, headline_block, headline_table, replace_marked_block, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "readme_table.py"
 FAMILIES = ["framewise", "gp", "rnn", "transformer", "kalman"]
 CONSUMERS = ["tracking", "safety", "intercept"]
-VERDICTS = ["needs temporal modeling", "frame-independent is enough", "inconclusive"]
+VERDICTS = ["needs memory", "needs consistency only", "frame-independent is enough", "inconclusive"]
 
 
 def _metrics(rng, consumers, optimal: bool) -> dict:
@@ -40,20 +40,21 @@ def _metrics(rng, consumers, optimal: bool) -> dict:
 
 
 def _cell(rng, scenario, swept, consumers, *, optimal=False, occlusion=False, cuts=False, n_ticks=60) -> dict:
-    names = FAMILIES[:1] + ["framewise+ema"] + FAMILIES[1:]
+    names = FAMILIES[:1] + ["framewise+ema"] + FAMILIES[1:] + ["rnn-twin", "rnn-twin+ema"]
     models = {}
     for n in names:
-        fam = n.split("+")[0]
-        models[n] = {"family": fam, "wrapper": "ema(tau_s=0.1)" if "+" in n else None,
+        fam = n.split("+")[0].replace("-twin", "")
+        models[n] = {"family": fam, "wrapper": "ema" if "+" in n else None, "twin": "-twin" in n,
                      "num_parameters": int(rng.integers(10, 60000)), "train_seconds": float(rng.uniform(1, 20)),
                      "train_steps": 150, "metrics": _metrics(rng, consumers, optimal),
                      "per_episode": [{"episode": f"ep_{k:03d}", "seed": 0, "rmse": 0.1} for k in range(8, 12)]}
     need, ranks = {}, {}
     for i, c in enumerate(consumers):
         lo = float(rng.uniform(-0.2, 0.3))
-        need[c] = {"gap": lo + 0.1, "ci_low": lo, "ci_high": lo + 0.2, "verdict": VERDICTS[i % 3],
-                   "best_memoryless": "framewise", "best_temporal": "rnn", "cost_memoryless": 0.5, "cost_temporal": 0.4,
-                   "margin": 0.05, "level": 0.95, "n_boot": 2000}
+        gain = {"gain": lo + 0.1, "ci_low": lo, "ci_high": lo + 0.2, "verdict": VERDICTS[i % 4], "family": "rnn",
+                "cost_base": 0.5, "cost_treated": 0.4, "margin": 0.05, "level": 0.95, "n_boot": 2000}
+        need[c] = {"verdict": VERDICTS[i % 4], "family": "rnn", "memory": gain, "consistency": {**gain, "gain": 0.02},
+                   "beyond_smoothing": gain, "lag_s": {"twin": 0.0, "twin_smoothed": 0.1, "full": 0.03}, "framewise_cost": 0.6}
         ranks[c] = {"kendall_tau": float(rng.uniform(-1, 1)), "p_value": float(rng.uniform(0, 1)), "rmse_pick": "rnn",
                     "consumer_pick": "gp" if i == 0 else "rnn", "picks_agree": i != 0, "n_models": len(names)}
     t = np.arange(n_ticks) / 30.0
@@ -65,6 +66,8 @@ def _cell(rng, scenario, swept, consumers, *, optimal=False, occlusion=False, cu
         "scenario": scenario, "knobs": {"image_size": 32, **swept}, "swept": swept, "target": "truth/position",
         "target_fields": ["x", "y"], "inputs": ["camera"], "episodes": {"train": 8, "val": 2, "test": 4}, "seeds": [0],
         "status": "done", "models": models, "consumers": consumers, "need": need, "rank_agreement": ranks,
+        "accuracy_gain": {"family": "rnn", "learned": 0.4, "oracle": 0.6, "fraction_of_oracle": 0.67} if optimal else {"family": "rnn", "learned": 0.1},
+        "oracle": {"kind": "kalman_vs_lmmse", "mse_memory": 0.03, "mse_memoryless": 0.09, "gain": 0.6} if optimal else None,
         "example": {"episode": "ep_008", "t_s": t.tolist(), "truth": truth.tolist(), "occluded": occluded,
                     "cuts_s": [0.5, 1.2] if cuts else None, "predictions": preds},
     }
@@ -95,7 +98,13 @@ def make_results(seed: int = 0) -> dict:
     return {
         "seqsense_version": "0.1.0", "recipe": "quick", "seed": 0, "created_utc": "2025-01-01T00:00:00Z", "elapsed_s": 412.0,
         "machine": {"cpu": "Test CPU", "cores": 2, "torch": "2.13.0", "device": "cpu"},
-        "families": FAMILIES, "memoryless": ["framewise"], "margin": 0.05,
+        "families": FAMILIES, "margin": 0.05, "budget": {"steps": 300, "encoder_steps": 200}, "seeds": [0],
+        "controls": {"slideshow": {"kind": "negative", "status": "pass", "memory_verdict": "frame-independent is enough",
+                                   "memory_gain": 0.01, "ci": [-0.01, 0.03], "family": "rnn", "expect": "memory: frame-independent is enough"},
+                     "linear_gaussian_vector": {"kind": "positive", "status": "fail", "memory_verdict": "needs memory",
+                                                "memory_gain": 0.4, "ci": [0.3, 0.5], "family": "gp", "learned_gain": 0.2,
+                                                "oracle_gain": 0.6, "fraction_of_oracle": 0.33, "expect": "memory: needs memory"}},
+        "controls_pass": False,
         "claims": [
             {"id": 1, "claim": "Slideshow-like streams need no temporal coherence", "verdict": "supported",
              "evidence": "On slideshow the gap CI is [-3%, +2%] for every consumer."},
@@ -143,7 +152,7 @@ def test_sections_in_order_and_markdown_matches(report):
     out, results = report
     page = (out / "index.html").read_text(encoding="utf-8")
     md = (out / "summary.md").read_text(encoding="utf-8")
-    titles = ["The claims", "Headline", "Need for temporal modeling", "Accuracy vs consistency", "Example trajectories",
+    titles = ["Controls", "The claims", "Headline", "Oracle gaps", "Memory or consistency?", "Accuracy vs consistency", "Example trajectories",
               "Latency per model", "Optimality on linear-Gaussian cells", "Rank agreement", "Per-cell details"]
     for doc in (page, md):
         pos = [doc.index(t) for t in titles]
@@ -165,8 +174,15 @@ def test_headline_table_one_row_per_cell():
     widths = {len(re.findall(r"(?<!\\)\|", line)) for line in lines}
     assert len(widths) == 1  # every row has the header's number of columns
     row = next(line for line in lines if line.startswith("| tracking_noise "))
-    assert "pixel_noise=0.25" in row and "framewise 0.5" in row and "rnn 0.4" in row
+    gain = results["cells"]["tracking_noise"]["need"]["tracking"]["memory"]
+    assert "pixel_noise=0.25" in row and f"{gain['gain']:+.0%}" in row and f"{gain['ci_low']:+.0%}" in row
     assert next(line for line in lines if "imu_motion" in line).count("–") >= 4
+
+
+def test_headline_block_states_controls_and_claims():
+    block = headline_block(make_results())
+    assert block.index("Controls: 1 of 2 passed") < block.index("| cell |") < block.index("The claims")
+    assert "**FAIL**" in block and "0.33 of it" in block and "300 optimizer steps" in block
 
 
 def test_missing_values_do_not_crash(tmp_path):
@@ -214,7 +230,7 @@ def test_readme_table_script(tmp_path):
     results_json.write_text(json.dumps(make_results()), encoding="utf-8")  # NaN tokens, as the study writes them
     printed = _run_script(results_json)
     assert printed.returncode == 0, printed.stderr
-    assert printed.stdout.strip() == headline_table(json.loads(results_json.read_text())).strip()
+    assert printed.stdout.strip() == headline_block(json.loads(results_json.read_text())).strip()
 
     readme = tmp_path / "README.md"
     before, after = "# Title\n\nSome text.\n\n", "\n\nMore text.\n"

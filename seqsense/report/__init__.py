@@ -19,13 +19,51 @@ from seqsense.report.markdown import render_markdown, table_md
 HEADLINE_START = "<!-- headline:start -->"
 HEADLINE_END = "<!-- headline:end -->"
 
-__all__ = ["write_report", "headline_table", "replace_marked_block", "build_sections", "HEADLINE_START", "HEADLINE_END"]
+__all__ = ["write_report", "headline_table", "headline_block", "replace_marked_block", "build_sections", "HEADLINE_START",
+           "HEADLINE_END"]
 
 
 def headline_table(results: dict) -> str:
     """The per-cell headline as a Markdown table (one row per cell)."""
     _check_results(results)
     return table_md(tb.headline(results))
+
+
+def headline_block(results: dict) -> str:
+    """The README's generated block: how the run was made, the controls with their numbers, the
+    headline table and the claims' verdicts — every number read from `results`."""
+    _check_results(results)
+    m = results.get("machine") if isinstance(results.get("machine"), dict) else {}
+    budget = results.get("budget") if isinstance(results.get("budget"), dict) else {}
+    run = (f"Generated from `results.json` of `seqsense study --{tb.text(results.get('recipe'))}` "
+           f"({tb.fmt_duration(results.get('elapsed_s'))} on {tb.fmt_int(m.get('cores'))} cores, {tb.text(m.get('cpu'))}; "
+           f"{tb.fmt_int(budget.get('steps'))} optimizer steps per model and twin, {tb.fmt_int(budget.get('encoder_steps'))} "
+           f"for each cell's frame encoder; seeds {', '.join(map(str, results.get('seeds') or [])) or tb.DASH}).")
+    lines = [run, ""]
+    controls = results.get("controls") if isinstance(results.get("controls"), dict) else {}
+    if controls:
+        passed = sum(isinstance(c, dict) and c.get("status") == "pass" for c in controls.values())
+        lines.append(f"**Controls: {passed} of {len(controls)} passed** (tracking controller; margin {tb.fmt(results.get('margin'))}):")
+        for name, c in controls.items():
+            if not isinstance(c, dict):
+                continue
+            ci = c.get("ci") or [None, None]
+            part = (f"- `{name}` ({tb.text(c.get('kind'))}): **{tb.text(c.get('status')).upper()}** — memory verdict "
+                    f"*{tb.text(c.get('memory_verdict'))}*, memory gain {tb.fmt_pct(c.get('memory_gain'))} "
+                    f"[{tb.fmt_pct(ci[0])}, {tb.fmt_pct(ci[1])}] ({tb.text(c.get('family'))} against its twin)")
+            if tb.finite(c.get("oracle_gain")):
+                part += (f"; learned accuracy gain {tb.fmt_pct(c.get('learned_gain'))} against the oracle's "
+                         f"{tb.fmt_pct(c.get('oracle_gain'))}")
+                if tb.finite(c.get("fraction_of_oracle")):
+                    part += f" ({tb.fmt(c.get('fraction_of_oracle'), 2)} of it)"
+            lines.append(part + f"; must show {tb.text(c.get('expect'))}.")
+        lines.append("")
+    lines += [table_md(tb.headline(results)).strip(), ""]
+    claims = [c for c in results.get("claims") or [] if isinstance(c, dict)]
+    if claims:
+        lines.append("**The claims:**")
+        lines += [f"{c.get('id')}. {tb.text(c.get('claim'))} — **{tb.text(c.get('verdict'))}**" for c in claims]
+    return "\n".join(lines).strip() + "\n"
 
 
 def replace_marked_block(text: str, block: str, where: str = "README") -> str:

@@ -372,6 +372,8 @@ def details_table(cell: dict) -> Table:
     for name, m in ms.items():
         wrapper = m.get("wrapper")
         label = f"{name} ({wrapper})" if wrapper and str(wrapper) not in name else name
+        if m.get("oracle_system"):  # runs the log's own stored system: the oracle, not a learned model
+            label += " (memoryless oracle: the log's system)" if m.get("twin") else " (oracle: the log's system)"
         row = [label, fmt_int(m.get("num_parameters")), fmt(m.get("train_seconds")), fmt(metric(m, "rmse")),
                fmt(metric(m, "nll")), fmt(metric(m, "coverage_90"), 2), fmt(metric(m, "flicker")),
                fmt(metric(m, "tvr")), fmt(metric(m, "lag_s"), 2)]

@@ -9,7 +9,8 @@ In order, each step written atomically and found again on the next run:
 4. each model's smoothing time constant per consumer, tuned on the validation episodes that
    training split off the training log (never on test), by smoothing saved validation predictions
    offline;
-5. the test episodes replayed through every model's streaming predictor; metrics and consumer costs
+5. the test episodes replayed through every model (the first tick by tick through its streaming
+   predictor, which checks the offline `predict` used for the others); metrics and consumer costs
    for the model, and for the model behind its tuned exponential smoother (`+ema`); every replay
    saved as `predictions.h5` (`seqsense.evaluate.saved`), from which the report's trajectories come;
 6. the oracle gap from the generator's truth, where the scenario has one (`seqsense.evaluate.oracle`).
@@ -33,6 +34,8 @@ from seqsense.study.features import image_inputs, write_feature_log
 
 TWIN = "-twin"
 SMOOTHED = "+ema"
+STEP_RTOL, STEP_ATOL = 1e-4, 1e-5  # offline predict vs the streaming step: float32 rounding over a whole episode
+MAX_VAL_EPISODES = 4  # smoothing is tuned on at most this many of the validation episodes
 
 
 class Progress:
@@ -198,7 +201,7 @@ class CellRun:
         rows, infos, saved = [], {}, {}
         for label, (model, info) in models.items():
             taus = tune_smoothing(model, val, self.config.smoothing_taus_s)
-            reps = [replay(model.predictor(), test, k) for k in range(len(test.episodes))]
+            reps = test_replays(model, test)
             for k, rep in enumerate(reps):
                 where = {"file": Path(rep.file).name, "model": label, "seed": self.seed}  # relative: results move with the folder
                 rows.append({**score(rep, test, k), **where})
@@ -210,6 +213,7 @@ class CellRun:
         self.progress.update(1)
         from seqsense.evaluate.oracle import oracle_gap
         from seqsense.evaluate.saved import save_predictions
+        from seqsense.report.trajectory import trajectory_example
 
         predictions = self.dir / "predictions.h5"  # every test replay, as streams pred/<model>/... beside the truth
         if not predictions.exists():
@@ -226,7 +230,7 @@ class CellRun:
             "models": infos,
             "rows": rows,
             "oracle": oracle_gap(test_raw, self.cell["target"]),
-            "example": example(predictions, test),
+            "example": trajectory_example(predictions, test),
         }
         write_json_atomic(path, result)
         return json.loads(path.read_text())
@@ -253,6 +257,24 @@ def replay(predictor, dataset, k: int):
     return replay_episode(predictor, dataset, k)
 
 
+def test_replays(model, dataset) -> list:
+    """Every test episode's replay. The first goes through the streaming predictor tick by tick
+    (`reset()`/`step()`, with step latencies); the others through offline `predict`, which the first
+    checks against the streaming loop (SeqsenseError if they differ beyond float rounding)."""
+    from seqsense.errors import SeqsenseError
+
+    stream = replay(model.predictor(), dataset, 0)
+    reps = [stream] + [offline_replay(model, dataset, k) for k in range(1, len(dataset.episodes))]
+    check = offline_replay(model, dataset, 0)
+    for key in ("mean", "var"):
+        a, b = getattr(stream, key), getattr(check, key)
+        if a is not None and b is not None and not np.allclose(a, b, rtol=STEP_RTOL, atol=STEP_ATOL, equal_nan=True):
+            worst = float(np.nanmax(np.abs(np.asarray(a, float) - np.asarray(b, float))))
+            raise SeqsenseError(f"{type(model).__name__}: offline predict and the streaming step disagree on test episode "
+                                f"{dataset.episodes[0][1]!r} ({key} differs by up to {worst:.3g}); the model breaks its contract.")
+    return reps
+
+
 def offline_replay(model, dataset, k: int):
     """Episode k through the model's offline `predict` (equal to the streaming loop, faster): a Replay
     without step latencies, for tuning on validation episodes."""
@@ -262,7 +284,7 @@ def offline_replay(model, dataset, k: int):
     out = model.predict({key: v for key, v in seq.items() if key not in ("target", "target_valid")})
     f, e = dataset.episodes[k]
     return Replay(file=f, episode=e, t_s=seq["t_ns"] / NS_PER_S, y_true=seq["target"], valid=seq["target_valid"].astype(bool),
-                  mean=out["mean"], var=out.get("var"), probs=None, step_s=np.zeros(len(seq["t_ns"])))
+                  mean=out["mean"], var=out.get("var"), probs=None, step_s=np.full(len(seq["t_ns"]), np.nan))
 
 
 def score(rep, dataset, k: int) -> dict:
@@ -293,10 +315,10 @@ def tune_smoothing(model, val, taus_s) -> dict[str, float | None]:
 
     if len(val.episodes) == 0 or model.discrete:
         return {}
-    reps = [offline_replay(model, val, k) for k in range(len(val.episodes))]
+    reps = [offline_replay(model, val, k) for k in range(min(len(val.episodes), MAX_VAL_EPISODES))]
     costs: dict[str, dict] = {}
     for tau in (None, *taus_s):
-        rows = [consumer_summaries(smoothed(rep, tau), val, k) for k, rep in enumerate(reps)]
+        rows = [consumer_summaries(smoothed(rep, tau), val, k) for k, rep in enumerate(reps)]  # rep k is episode k
         for c in consumer_names(rows[0]):
             costs.setdefault(c, {})[tau] = float(np.mean([r[f"{c}.cost"] for r in rows]))
     # the smallest cost; ties go to less smoothing (None first, then the shortest time constant)
@@ -322,33 +344,3 @@ def score_smoothed(rep, dataset, k: int, taus: dict) -> dict:
         base[f"{c}.lag_s"] = lag_s(rep_c.t_s, rep_c.y_true, rep_c.mean, valid=rep_c.valid)
     base.update({f"{c}.tau_s": (math.nan if tau is None else tau) for c, tau in taus.items()})
     return base
-
-
-def example(predictions: Path, dataset) -> dict:
-    """Truth and every model's predictions over the first test episode (read from the saved
-    predictions log), with the occluded / distractor marks and slide cuts, for the trajectory plot."""
-    from seqsense.evaluate.saved import load_predictions
-
-    saved = load_predictions(predictions)
-    name = dataset.episodes[0][1]
-    per_model = {m: next(ep for ep in eps.values() if ep["source_episode"] == name) for m, eps in saved.items()}
-    first = next(iter(per_model.values()))
-    episode = dataset.index(0).episode
-    t = first["t_s"]
-    marks = {}
-    for stream in ("truth/occluded", "truth/distractor"):
-        if episode.has_stream(stream):
-            st = episode.stream(stream)
-            i = np.clip(np.searchsorted(st.t / NS_PER_S, t, side="right") - 1, 0, None)
-            marks[stream.split("/")[1]] = st.data[()][i].astype(int)
-    cuts = episode.stream("truth/cut").t / NS_PER_S if episode.has_stream("truth/cut") else None
-    y = np.asarray(first["truth"], float).reshape(len(t), -1)
-    return {
-        "episode": name,
-        "t_s": t,
-        "truth": np.where(np.asarray(first["valid"], bool)[:, None], y, np.nan),
-        "occluded": marks.get("occluded"),
-        "distractor": marks.get("distractor"),
-        "cuts_s": cuts,
-        "predictions": {m: np.asarray(ep["mean"], float).reshape(len(t), -1) for m, ep in per_model.items()},
-    }
