@@ -220,6 +220,7 @@ class SequenceModel(nn.Module):
     config_cls = ModelConfig
     memoryless = False  # True for families whose prediction at a tick uses only that tick
     input_kinds: tuple[str, ...] = ("image", "vector", "scalar")  # stream kinds the family can read
+    reads_packed = True  # whether the family can read high-rate inputs packed K samples a tick (else: latest sample)
     target_kinds: tuple[str, ...] = ("vector", "scalar", "label", "event")  # and can predict
 
     def __init_subclass__(cls, **kwargs):

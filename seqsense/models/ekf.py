@@ -587,6 +587,7 @@ class EKFModel(SequenceModel):
     """
 
     input_kinds = ("vector",)
+    reads_packed = False  # the filter steps on the latest gyro and accelerometer sample of each tick
     target_kinds = ("vector",)
 
     @classmethod

@@ -158,10 +158,11 @@ class CellRun:
         cls, _ = get_model_class(family)
         twin_overrides = cls.twin_overrides()
         out = {}
+        latest = {} if cls.reads_packed else {"packed": {}}  # such a family reads the latest sample of each input
         for label, extra, twin in ((family, {}, False), (family + TWIN, twin_overrides, True)):
             if twin and not twin_overrides:
                 continue  # the family has no memory: it is its own twin
-            model, summary = self.trained(label, family, train_log, extra)
+            model, summary = self.trained(label, family, train_log, {**latest, **extra})
             info = {"family": family, "twin": twin, "wrapper": None, "has_memory": bool(model.has_memory),
                     "oracle_system": bool(getattr(model, "uses_metadata", False)), **summary}
             out[label] = (model, info)
@@ -194,12 +195,14 @@ class CellRun:
         if not models:
             raise ConfigError(f"cell {self.cell['name']!r}: no model family applies ({skipped}).")
         self.progress.status("evaluation")
-        first = next(iter(models.values()))[0]
-        spec = first.config.window_spec(window=1)
-        test = WindowDataset(episode_refs([test_log]), spec)
-        val = WindowDataset(self._val_refs(train_log, first.config), spec)
+        data: dict[str, tuple] = {}  # (test, val) datasets per input layout (packed or latest), built once
         rows, infos, saved = [], {}, {}
         for label, (model, info) in models.items():
+            layout = json.dumps(model.config.packed, sort_keys=True)
+            if layout not in data:
+                spec = model.config.window_spec(window=1)
+                data[layout] = (WindowDataset(episode_refs([test_log]), spec), WindowDataset(self._val_refs(train_log, model.config), spec))
+            test, val = data[layout]
             taus = tune_smoothing(model, val, self.config.smoothing_taus_s)
             reps = test_replays(model, test)
             for k, rep in enumerate(reps):
