@@ -34,6 +34,8 @@ def _cli_round_trip(tmp_path, capsys, srcs, extra, inputs, target, listed):
     assert main(["train", "--model", "framewise", "--data", str(log), "--inputs", inputs, "--target", target,
                  "--out", str(tmp_path / "run"), "--set", "steps=2", "--set", "window=4", "--set", "batch_size=2",
                  "--set", "hidden=8", "--set", "frame_channels=4", "--no-progress"]) == 0
+    assert main(["eval", str(tmp_path / "run"), "--data", str(log), "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
+    assert (tmp_path / "eval" / "summary.json").exists()  # list -> import -> inspect -> train -> eval
 
 
 def test_euroc_streams_follow_the_layout(tmp_path):

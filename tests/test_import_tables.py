@@ -129,3 +129,5 @@ def test_cli_list_import_validate_train(tmp_path, capsys):
     assert main(["train", "--model", "framewise", "--data", str(log), "--inputs", "accel", "--target", "gyro",
                  "--out", str(tmp_path / "run"), "--set", "steps=3", "--set", "window=8", "--set", "batch_size=4",
                  "--set", "hidden=8", "--no-progress"]) == 0
+    assert main(["eval", str(tmp_path / "run"), "--data", str(log), "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
+    assert (tmp_path / "eval" / "summary.json").exists()  # list -> import -> inspect -> train -> eval

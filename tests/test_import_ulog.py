@@ -138,6 +138,8 @@ def test_cli_list_import_validate_train(tmp_path, capsys):
                  "--out", str(tmp_path / "run"), "--set", "steps=3", "--set", "window=8", "--set", "batch_size=4",
                  "--set", "hidden=8", "--no-progress"]) == 0
     assert (tmp_path / "run" / "best.safetensors").exists()
+    assert main(["eval", str(tmp_path / "run"), "--data", str(log), "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
+    assert (tmp_path / "eval" / "summary.json").exists()  # list -> import -> inspect -> train -> eval
 
 
 def _need_real():

@@ -256,3 +256,15 @@ def test_claims_follow_the_controlled_comparison():
     claims = {c["id"]: c for c in assess_claims(results)}
     assert claims[1]["verdict"] == "refuted" and claims[4]["verdict"] == "depends"
     assert set(c["verdict"] for c in assess_claims({"cells": {}})) == {"inconclusive"}
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_the_numbers_of_the_local_run(tmp_path):
+    pytest.importorskip("ray")
+    one = {**TINY, "name": "one", "cells": [TINY["cells"][1]]}
+    args = ["study", "--recipe", str(_recipe(tmp_path, one)), "--no-progress", *SETTINGS[:-1], "families=framewise,rnn"]
+    assert main([*args, "--out", str(tmp_path / "local"), "--jobs", "1"]) in (0, 1)
+    assert main([*args, "--out", str(tmp_path / "ray"), "--jobs", "2", "--executor", "ray"]) in (0, 1)
+    local, ray = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("local", "ray"))
+    assert ray["cells"]["lg"]["status"] == "done"
+    assert _numbers(ray) == _numbers(local)

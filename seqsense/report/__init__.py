@@ -55,7 +55,7 @@ def headline_block(results: dict) -> str:
                 part += (f"; learned accuracy gain {tb.fmt_pct(c.get('learned_gain'))} against the oracle's "
                          f"{tb.fmt_pct(c.get('oracle_gain'))}")
                 if tb.finite(c.get("fraction_of_oracle")):
-                    part += f" ({tb.fmt(c.get('fraction_of_oracle'), 2)} of it)"
+                    part += f" ({tb.num(c.get('fraction_of_oracle')):.2f} of it)"
             lines.append(part + f"; must show {tb.text(c.get('expect'))}.")
         lines.append("")
     lines += [table_md(tb.headline(results)).strip(), ""]

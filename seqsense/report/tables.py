@@ -283,7 +283,7 @@ def controls_table(results: dict) -> Table:
             continue
         ci = c.get("ci") or [None, None]
         gain = f"{fmt_pct(c.get('memory_gain'))} [{fmt_pct(ci[0])}, {fmt_pct(ci[1])}]" if finite(c.get("memory_gain")) else DASH
-        frac = fmt(c.get("fraction_of_oracle"), 2) if finite(c.get("fraction_of_oracle")) else DASH
+        frac = f"{num(c.get('fraction_of_oracle')):.2f}" if finite(c.get("fraction_of_oracle")) else DASH
         rows.append([name, text(c.get("kind")), text(c.get("expect")), text(c.get("memory_verdict")), gain, text(c.get("family")),
                      fmt_pct(c.get("learned_gain")) if finite(c.get("learned_gain")) else DASH,
                      fmt_pct(c.get("oracle_gain")) if finite(c.get("oracle_gain")) else DASH, frac, text(c.get("status")).upper()])

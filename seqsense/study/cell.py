@@ -102,7 +102,7 @@ class CellRun:
             return train_log, test_log, None
         target = self.cell.get("encoder_target", self.cell["target"])
         extra = {"steps": self.config.encoder_steps, "window": ENCODER_WINDOW}
-        model, summary = self.trained("encoder", "framewise", train_log, extra, target=target)
+        model, summary = self.train_or_load("encoder", "framewise", train_log, extra, target=target)
         summary = {**summary, "target": target, "frames": frames}
         if not self.config.cached_features:
             return train_log, test_log, summary
@@ -115,7 +115,7 @@ class CellRun:
         return paths[0], paths[1], summary
 
     # ---- training --------------------------------------------------------------------------------
-    def trained(self, run: str, family: str, train_log: Path, extra: dict | None = None, target: str | None = None):
+    def train_or_load(self, run: str, family: str, train_log: Path, extra: dict | None = None, target: str | None = None):
         """(model, summary) of run dir `runs/<run>`: trained now, or loaded from a finished run."""
         from seqsense.models.checkpoint import load_checkpoint
         from seqsense.train import train
@@ -162,7 +162,7 @@ class CellRun:
         for label, extra, twin in ((family, {}, False), (family + TWIN, twin_overrides, True)):
             if twin and not twin_overrides:
                 continue  # the family has no memory: it is its own twin
-            model, summary = self.trained(label, family, train_log, {**latest, **extra})
+            model, summary = self.train_or_load(label, family, train_log, {**latest, **extra})
             info = {"family": family, "twin": twin, "wrapper": None, "has_memory": bool(model.has_memory),
                     "oracle_system": bool(getattr(model, "uses_metadata", False)), **summary}
             out[label] = (model, info)
