@@ -1,4 +1,4 @@
-"""Tests of the temporal-gap verdict and the RMSE-vs-consumer rank agreement."""
+"""Tests of the controlled (family against its own twin) gain, its verdicts, and the RMSE-vs-consumer rank agreement."""
 
 import math
 
@@ -8,10 +8,12 @@ import pytest
 from seqsense.evaluate.verdict import (
     FRAME_INDEPENDENT,
     INCONCLUSIVE,
-    NEEDS_TEMPORAL,
+    NEEDS_CONSISTENCY,
+    NEEDS_MEMORY,
+    PairedGain,
+    paired_gain,
     rank_agreement,
-    temporal_gap,
-    verdict_from_ci,
+    which_pays,
 )
 
 
@@ -23,56 +25,57 @@ def _costs(means, n_seeds=3, n_episodes=20, noise=0.05, seed=0):
             for name, m in means.items()}
 
 
-def test_clearly_better_temporal_model_needs_temporal_modeling():
-    costs = _costs({"framewise": 1.0, "framewise_big": 1.1, "gru": 0.5, "kalman": 0.6})
-    res = temporal_gap(costs, memoryless=["framewise", "framewise_big"], n_boot=500)
-    assert res.verdict == NEEDS_TEMPORAL
-    assert res.best_memoryless == "framewise" and res.best_temporal == "gru"
-    assert res.gap == pytest.approx(0.5, abs=0.03)
-    assert res.ci_low <= res.gap <= res.ci_high
-    assert res.as_dict()["verdict"] == NEEDS_TEMPORAL
+def test_memory_gain_of_the_best_full_model_against_its_own_twin():
+    c = _costs({"gru": 0.5, "gru-twin": 1.0, "kalman": 0.6, "kalman-twin": 0.62})
+    full, twin = {"gru": c["gru"], "kalman": c["kalman"]}, {"gru": c["gru-twin"], "kalman": c["kalman-twin"]}
+    res = paired_gain(twin, full, pick=full, n_boot=500)
+    assert res.family == "gru" and res.verdict == NEEDS_MEMORY
+    assert res.gain == pytest.approx(0.5, abs=0.03) and res.ci_low <= res.gain <= res.ci_high
+    assert res.per_family["kalman"]["gain"] == pytest.approx(0.03, abs=0.03)
+    assert res.as_dict()["verdict"] == NEEDS_MEMORY
 
 
-@pytest.mark.parametrize("select", ["replicate", "full"])
-def test_equal_costs_do_not_need_temporal_modeling(select):
-    costs = _costs({"framewise": 1.0, "gru": 1.0})
-    res = temporal_gap(costs, memoryless=["framewise"], n_boot=500, select=select)
-    assert res.verdict != NEEDS_TEMPORAL
-    assert res.verdict == FRAME_INDEPENDENT
-    assert res.ci_low < 0.0 < res.ci_high or abs(res.gap) < 0.05
+def test_equal_twin_and_full_is_frame_independent():
+    c = _costs({"gru": 1.0, "gru-twin": 1.0})
+    res = paired_gain({"gru": c["gru-twin"]}, {"gru": c["gru"]}, n_boot=500)
+    assert res.verdict == FRAME_INDEPENDENT and res.ci_high < 0.05
 
 
-def test_noisy_small_gap_is_inconclusive_and_seeded():
-    costs = _costs({"framewise": 1.0, "gru": 0.94}, n_seeds=1, n_episodes=6, noise=0.4, seed=3)
-    a = temporal_gap(costs, memoryless=["framewise"], n_boot=400, seed=7)
-    b = temporal_gap(costs, memoryless=["framewise"], n_boot=400, seed=7)
-    assert a == b
-    assert a.verdict == INCONCLUSIVE
+def test_noisy_small_gain_is_inconclusive_and_seeded():
+    c = _costs({"gru": 0.94, "gru-twin": 1.0}, n_seeds=1, n_episodes=6, noise=0.4, seed=3)
+    a = paired_gain({"gru": c["gru-twin"]}, {"gru": c["gru"]}, n_boot=400, seed=7)
+    b = paired_gain({"gru": c["gru-twin"]}, {"gru": c["gru"]}, n_boot=400, seed=7)
+    assert a == b and a.verdict == INCONCLUSIVE
 
 
-def test_one_dimensional_costs_and_explicit_temporal_list():
-    costs = {"framewise": [2.0, 2.0, 2.0], "gru": [1.0, 1.0, 1.0], "ignored": [0.1, 0.1, 0.1]}
-    res = temporal_gap(costs, memoryless=["framewise"], temporal=["gru"], n_boot=50)
-    assert res.gap == 0.5 and res.ci_low == 0.5 and res.ci_high == 0.5
+def test_the_pick_is_remade_in_every_replicate():
+    # Two families whose full models tie: the picked family flips between replicates, and the CI
+    # spans both families' gains instead of the one picked on the full data.
+    c = _costs({"a": 0.5, "b": 0.5, "a-twin": 0.6, "b-twin": 1.0}, n_seeds=1, n_episodes=10, noise=0.1, seed=1)
+    res = paired_gain({"a": c["a-twin"], "b": c["b-twin"]}, {"a": c["a"], "b": c["b"]}, n_boot=1000)
+    assert res.ci_low < res.per_family["a"]["gain"] + 0.05 and res.ci_high > res.per_family["b"]["gain"] - 0.05
 
 
-def test_verdict_thresholds():
-    assert verdict_from_ci(0.06, 0.3) == NEEDS_TEMPORAL
-    assert verdict_from_ci(-0.2, 0.04) == FRAME_INDEPENDENT
-    assert verdict_from_ci(0.01, 0.3) == INCONCLUSIVE
-
-
-@pytest.mark.parametrize("costs,kwargs,match", [
-    ({"framewise": np.ones((2, 5)), "gru": np.ones((3, 5))}, {}, "same shape"),
-    ({"framewise": [1.0, np.nan], "gru": [1.0, 1.0]}, {}, "non-finite"),
-    ({"framewise": [1.0], "gru": [1.0]}, {"memoryless": ["cnn"]}, "valid|no costs"),
-    ({"framewise": [1.0], "gru": [1.0]}, {"temporal": ["framewise"]}, "both memoryless and temporal"),
-    ({"framewise": [1.0], "gru": [1.0]}, {"select": "best"}, "valid: replicate, full"),
+@pytest.mark.parametrize("base,treated,match", [
+    ({"gru": np.ones((2, 5))}, {"gru": np.ones((3, 5))}, "one shape"),
+    ({"gru": [1.0, np.nan]}, {"gru": [1.0, 1.0]}, "non-finite"),
+    ({"gru": [1.0]}, {"lstm": [1.0]}, "no family"),
 ])
-def test_bad_inputs(costs, kwargs, match):
-    kwargs = {"memoryless": ["framewise"], **kwargs}
+def test_bad_inputs(base, treated, match):
     with pytest.raises(ValueError, match=match):
-        temporal_gap(costs, **kwargs)
+        paired_gain(base, treated)
+
+
+def _g(verdict):
+    return PairedGain(0.0, 0.0, 0.0, verdict, "f", 1.0, 1.0, 0.05, 0.95, 5, {})
+
+
+def test_which_pays():
+    assert which_pays(_g(NEEDS_MEMORY), _g(FRAME_INDEPENDENT), _g(NEEDS_MEMORY)) == NEEDS_MEMORY
+    assert which_pays(_g(NEEDS_MEMORY), _g(NEEDS_CONSISTENCY), _g(FRAME_INDEPENDENT)) == NEEDS_CONSISTENCY
+    assert which_pays(_g(INCONCLUSIVE), _g(NEEDS_CONSISTENCY), _g(INCONCLUSIVE)) == NEEDS_CONSISTENCY
+    assert which_pays(_g(FRAME_INDEPENDENT), _g(FRAME_INDEPENDENT), _g(FRAME_INDEPENDENT)) == FRAME_INDEPENDENT
+    assert which_pays(_g(FRAME_INDEPENDENT), _g(INCONCLUSIVE), _g(FRAME_INDEPENDENT)) == INCONCLUSIVE
 
 
 def test_rank_agreement():
@@ -89,11 +92,11 @@ def test_rank_agreement():
         rank_agreement({"a": 1.0}, {"a": 1.0})
 
 
-def test_zero_costs_give_a_bounded_gap():
-    """A perfect memoryless model (cost 0, e.g. a monitor with no alarm errors) gives gap −1, not −inf."""
-    costs = {"framewise": np.zeros(6), "gru": np.array([0.0, 1.0, 0.0, 2.0, 0.0, 1.0])}
-    res = temporal_gap(costs, memoryless=["framewise"], n_boot=200)
-    assert res.gap == -1.0 and -1.0 <= res.ci_low <= res.ci_high <= 0.0
-    assert res.verdict == "frame-independent is enough"
-    both_zero = temporal_gap({"framewise": np.zeros(4), "gru": np.zeros(4)}, memoryless=["framewise"], n_boot=50)
-    assert both_zero.gap == 0.0 and both_zero.verdict == "frame-independent is enough"
+def test_zero_costs_give_a_bounded_gain():
+    """A perfect memoryless twin (cost 0, e.g. a monitor with no alarm errors) gives gain −1, not −inf."""
+    twin, full = {"gru": np.zeros(6)}, {"gru": np.array([0.0, 1.0, 0.0, 2.0, 0.0, 1.0])}
+    res = paired_gain(twin, full, n_boot=200)
+    assert res.gain == -1.0 and -1.0 <= res.ci_low <= res.ci_high <= 0.0
+    assert res.verdict == FRAME_INDEPENDENT
+    both_zero = paired_gain({"gru": np.zeros(4)}, {"gru": np.zeros(4)}, n_boot=50)
+    assert both_zero.gain == 0.0 and both_zero.verdict == FRAME_INDEPENDENT

@@ -16,7 +16,7 @@ from seqsense.evaluate.consumers import (
     run,
 )
 from seqsense.evaluate.metrics import latency_summary, sequence_metrics
-from seqsense.evaluate.verdict import TemporalGap, rank_agreement, temporal_gap
+from seqsense.evaluate.verdict import PairedGain, paired_gain, rank_agreement, which_pays
 from seqsense.evaluate.wrappers import (
     ExponentialSmoothing,
     TemporalEnsemble,
@@ -26,7 +26,7 @@ from seqsense.evaluate.wrappers import (
 
 __all__ = [
     "CONSUMERS", "Consumer", "InterceptPlanner", "SafetyMonitor", "TrackingController", "consumer_names",
-    "make_consumer", "register_consumer", "run", "latency_summary", "sequence_metrics", "TemporalGap",
-    "rank_agreement", "temporal_gap", "ExponentialSmoothing", "TemporalEnsemble", "exponential_smoothing",
+    "make_consumer", "register_consumer", "run", "latency_summary", "sequence_metrics", "PairedGain",
+    "paired_gain", "rank_agreement", "which_pays", "ExponentialSmoothing", "TemporalEnsemble", "exponential_smoothing",
     "temporal_ensemble",
 ]

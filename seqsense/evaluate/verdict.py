@@ -1,24 +1,23 @@
-"""Does this setting need temporal modeling? The consumer-cost gap and its bootstrap verdict.
+"""Does this setting need memory? Controlled gains with paired bootstrap CIs, verdicts, rank agreement.
 
-Input: for each model, its consumer cost per seed and episode, an array (S, E) (or (E,) for one
-seed), all models on the same episodes in the same order and with the same number of seeds. A
-model's cost is the mean over its cells. With M the memoryless models and T the temporal ones:
+Input: per model family, a consumer cost per seed and episode, an array (S, E) (or (E,) for one
+seed), all on the same episodes in the same order. A *controlled* gain compares a family with itself:
+base → treated (twin → full model for memory, twin → smoothed twin for consistency), never one
+family with another, which would measure capacity as much as memory:
 
-    gap = (c_M − c_T) / max(c_M, c_T),   c_M = min_{m∈M} cost_m,  c_T = min_{t∈T} cost_t
+    gain = (c_base − c_treated) / max(c_base, c_treated)
 
-gap > 0: the best temporal model is cheaper by that fraction of the memoryless cost. Dividing by
-the larger cost keeps the gap in [−1, 1] (0 when both costs are 0): a consumer whose cost can be
-exactly zero (a safety monitor with no false alarm and no miss) would otherwise give −∞ whenever
-the memoryless model is perfect. For gap > 0 this is the plain (c_M − c_T) / c_M.
+gain > 0: the treatment is cheaper by that fraction of the base cost. Dividing by the larger cost
+keeps the gain in [−1, 1] (0 when both are 0): a consumer whose cost can be exactly zero (a safety
+monitor with no false alarm and no miss) would otherwise give −∞.
 
-Confidence interval: percentile bootstrap with paired resampling: each replicate draws E episode
-indices and S seed indices with replacement, the same draws for every model (episodes are shared,
-so model differences are compared on the same episodes). By default (`select="replicate"`) the
-best model of each group is re-picked inside every replicate, so the interval includes the
-uncertainty of which model is best; `select="full"` fixes the picks on the full data.
-
-Verdict with margin δ (default 0.05): CI low > δ → "needs temporal modeling"; CI high < δ →
-"frame-independent is enough"; otherwise "inconclusive".
+The family is the one whose `pick` cost (the full models') is lowest. Confidence interval:
+percentile bootstrap with paired resampling — each replicate draws E episode indices and S seed
+indices with replacement, the same draws for every family, and re-picks the family inside the
+replicate, so the interval includes the uncertainty of which family is best. Verdict with margin δ
+(one-sided): CI low > δ → the treatment pays; CI high < δ → "frame-independent is enough";
+otherwise "inconclusive". `which_pays` combines the memory and consistency gains into the
+consumer's verdict.
 """
 
 from __future__ import annotations
@@ -30,31 +29,11 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy.stats import kendalltau
 
-NEEDS_TEMPORAL = "needs temporal modeling"
+NEEDS_MEMORY = "needs memory"
+NEEDS_CONSISTENCY = "needs consistency only"
 FRAME_INDEPENDENT = "frame-independent is enough"
 INCONCLUSIVE = "inconclusive"
-SELECT_MODES = ("replicate", "full")
-
-
-@dataclasses.dataclass
-class TemporalGap:
-    """The relative cost gap between the best memoryless and best temporal model, with its CI and verdict."""
-
-    gap: float
-    ci_low: float
-    ci_high: float
-    verdict: str
-    best_memoryless: str
-    best_temporal: str
-    cost_memoryless: float
-    cost_temporal: float
-    margin: float
-    level: float
-    n_boot: int
-
-    def as_dict(self) -> dict:
-        """A JSON-ready dict of all fields."""
-        return dataclasses.asdict(self)
+MEMORY_VERDICTS = (NEEDS_MEMORY, NEEDS_CONSISTENCY, FRAME_INDEPENDENT, INCONCLUSIVE)
 
 
 def _cost_table(costs: Mapping[str, Sequence]) -> tuple[list[str], np.ndarray]:
@@ -81,61 +60,6 @@ def _gap(ml: float, tmp: float) -> float:
     return 0.0 if top == 0 else (ml - tmp) / top
 
 
-def verdict_from_ci(ci_low: float, ci_high: float, margin: float = 0.05) -> str:
-    """The verdict for a gap confidence interval and margin."""
-    if ci_low > margin:
-        return NEEDS_TEMPORAL
-    if ci_high < margin:
-        return FRAME_INDEPENDENT
-    return INCONCLUSIVE
-
-
-def temporal_gap(costs: Mapping[str, Sequence], memoryless: Sequence[str], temporal: Sequence[str] | None = None,
-                 margin: float = 0.05, n_boot: int = 2000, level: float = 0.95, select: str = "replicate",
-                 seed: int = 0) -> TemporalGap:
-    """Relative consumer-cost gap best-memoryless vs best-temporal with a paired bootstrap CI and verdict."""
-    if select not in SELECT_MODES:
-        raise ValueError(f"select={select!r}; valid: {', '.join(SELECT_MODES)}.")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1); got {level}.")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1; got {n_boot}.")
-    names, table = _cost_table(costs)  # (M, S, E)
-    unknown = [m for m in memoryless if m not in names]
-    if unknown:
-        raise ValueError(f"memoryless models {unknown} have no costs; models with costs: {', '.join(names)}.")
-    temporal = [n for n in names if n not in memoryless] if temporal is None else list(temporal)
-    unknown = [m for m in temporal if m not in names]
-    if unknown:
-        raise ValueError(f"temporal models {unknown} have no costs; models with costs: {', '.join(names)}.")
-    both = sorted(set(memoryless) & set(temporal))
-    if both:
-        raise ValueError(f"models {both} are listed as both memoryless and temporal; list each in one group.")
-    if not memoryless or not temporal:
-        raise ValueError(f"need at least one memoryless and one temporal model; got memoryless={list(memoryless)}, "
-                         f"temporal={temporal}.")
-    i_ml = np.array([names.index(m) for m in memoryless])
-    i_tm = np.array([names.index(m) for m in temporal])
-    full = table.mean(axis=(1, 2))  # (M,)
-    b_ml, b_tm = i_ml[np.argmin(full[i_ml])], i_tm[np.argmin(full[i_tm])]
-    gap = _gap(full[b_ml], full[b_tm])
-
-    rng = np.random.default_rng(seed)
-    _, s, e = table.shape
-    reps = np.empty(n_boot)
-    for r in range(n_boot):
-        si, ei = rng.integers(0, s, s), rng.integers(0, e, e)
-        mean = table[:, si][:, :, ei].mean(axis=(1, 2))
-        if select == "replicate":
-            reps[r] = _gap(mean[i_ml].min(), mean[i_tm].min())
-        else:
-            reps[r] = _gap(mean[b_ml], mean[b_tm])
-    alpha = 0.5 * (1.0 - level)
-    lo, hi = np.quantile(reps, [alpha, 1.0 - alpha])
-    return TemporalGap(float(gap), float(lo), float(hi), verdict_from_ci(lo, hi, margin), names[b_ml], names[b_tm],
-                       float(full[b_ml]), float(full[b_tm]), margin, level, n_boot)
-
-
 def rank_agreement(rmse: Mapping[str, float], cost: Mapping[str, float]) -> dict:
     """Kendall tau between models' per-frame RMSE and consumer cost, and the model each would pick.
 
@@ -159,10 +83,6 @@ def rank_agreement(rmse: Mapping[str, float], cost: Mapping[str, float]) -> dict
     }
 
 
-# ---- the controlled comparison: each family against its own memoryless twin -------------------
-NEEDS_MEMORY = "needs memory"
-NEEDS_CONSISTENCY = "needs consistency only"
-MEMORY_VERDICTS = (NEEDS_MEMORY, NEEDS_CONSISTENCY, FRAME_INDEPENDENT, INCONCLUSIVE)
 
 
 @dataclasses.dataclass
