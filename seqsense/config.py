@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from typing import Any, Sequence, TypeVar
 
 from seqsense.errors import ConfigError
+from seqsense.fileio import from_json, to_json
 
 C = TypeVar("C")
 
@@ -91,12 +93,16 @@ def apply_overrides(config: C, overrides: dict[str, Any] | Sequence[str], owner:
 
 
 def config_to_dict(config) -> dict:
-    """A JSON-ready dict of a dataclass config."""
-    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    """A dict of a dataclass config exactly as its strict JSON reads back (inf as None, tuples as lists)."""
+    return from_json(to_json(dataclasses.asdict(config)))
 
 
 def config_from_dict(cls: type[C], data: dict) -> C:
-    """Rebuild a dataclass config from `config_to_dict` output, ignoring keys it does not know."""
+    """Rebuild a dataclass config from `config_to_dict` output, ignoring keys it does not know.
+
+    A None in a field typed `float` (not `float | None`) is the null strict JSON writes for inf: it
+    reads back as inf, the "unbounded" value such fields take (`max_age_s`), see `seqsense.fileio`.
+    """
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -105,5 +111,7 @@ def config_from_dict(cls: type[C], data: dict) -> C:
             tp = hints[f.name]
             if typing.get_origin(tp) is tuple and isinstance(value, list):
                 value = tuple(value)
+            if value is None and tp is float:
+                value = math.inf
             kwargs[f.name] = value
     return cls(**kwargs)

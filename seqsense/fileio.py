@@ -1,7 +1,20 @@
-"""Atomic file writes: every output seqsense produces appears whole or not at all."""
+"""Atomic file writes and the one JSON policy of seqsense: every output appears whole or not at all.
+
+JSON policy. Everything seqsense writes as JSON (checkpoints, train states, export manifests, eval
+summaries, study results, the JSON attributes of logs) is strict JSON that any parser reads:
+`to_json` writes NaN and +-inf as null (never the non-standard `NaN`/`Infinity` literals), numpy
+values as Python ones and anything else JSON cannot hold (paths, ...) as its `str`. `from_json` reads
+it back unchanged; it still accepts the literals older files hold, reading them as null too, so an
+old file reads exactly as it would have been written today.
+
+A null where a number is due means "not a number" or "unbounded". Readers that know a field's type
+restore the float: a config field typed `float` (not `float | None`) reads null back as inf, its
+"unbounded" value (`max_age_s=inf`: no age limit), see `seqsense.config.config_from_dict`.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -53,6 +66,14 @@ def json_safe(x):
 
 def write_json_atomic(path: str | os.PathLike, data) -> None:
     """Strict JSON (NaN and inf as null) through a temporary file and a rename."""
-    import json
+    write_atomic(path, to_json(data))
 
-    write_atomic(path, json.dumps(json_safe(data), indent=1, allow_nan=False))
+
+def to_json(obj, indent: int | None = 1, sort_keys: bool = False) -> str:
+    """Strict JSON text of `obj`: NaN/inf as null, numpy as Python, other objects as their `str`."""
+    return json.dumps(json_safe(obj), indent=indent, sort_keys=sort_keys, allow_nan=False, default=str)
+
+
+def from_json(text: str | bytes):
+    """Parse JSON written by `to_json`; the NaN/Infinity literals of older files read as None."""
+    return json.loads(text, parse_constant=lambda _literal: None)

@@ -60,6 +60,20 @@ def test_reader_errors_name_the_file(tmp_path):
         log.episode("ep_000").stream("nope")
 
 
+def test_directory_is_named_as_a_directory(tmp_path, capsys):
+    folder = tmp_path / "run3"
+    folder.mkdir()
+    write_good(folder / "a.h5")
+    with pytest.raises(LogFormatError, match=r"'.*run3' is a directory, not a seqsense log file \(pass the .h5 file inside it: a.h5\)"):
+        open_log(folder)
+    assert main(["inspect", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "is a directory, not a seqsense log file" in err and "Unable to" not in err  # no HDF5 internals
+    assert main(["train", "--model", "framewise", "--data", str(folder), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "run3' is a directory, not a seqsense log file" in err and "Unable to" not in err
+
+
 def test_writer_rejects_bad_samples(tmp_path):
     with pytest.raises(SeqsenseError, match="shape"):
         with LogWriter(tmp_path / "b.h5") as w:

@@ -8,7 +8,6 @@ atomically and nothing is left there on failure. Load it with `seqsense.runtime.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 
@@ -24,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from seqsense.errors import ConfigError
     from seqsense.export import export_run
+    from seqsense.fileio import to_json
 
     if not 13 <= args.opset <= 21:
         raise ConfigError(f"--opset {args.opset} is outside the supported range 13..21.")
@@ -36,8 +36,7 @@ def run(args: argparse.Namespace) -> int:
     manifest = export_run(args.run_dir, args.out, opset=args.opset, topics=topics,
                           log=lambda m: print(m, file=sys.stderr))
     if args.json:
-        json.dump(manifest, sys.stdout, indent=1, default=str)
-        print()
+        print(to_json(manifest))
     else:
         g = manifest["graph"]
         print(f"{manifest['family']}: {len(g['inputs'])} graph inputs, {len(g['state'])} state tensors, "

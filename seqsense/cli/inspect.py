@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 
@@ -62,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
                 _print_summary(entry["summary"])
         results.append(entry)
     if args.json:
-        json.dump(results, sys.stdout, indent=2, default=str)
-        print()
+        from seqsense.fileio import to_json
+
+        print(to_json(results, indent=2))
     if args.validate:
         n_err = sum(sum(p["severity"] == "error" for p in r["problems"]) for r in results)
         n_warn = sum(sum(p["severity"] == "warning" for p in r["problems"]) for r in results)

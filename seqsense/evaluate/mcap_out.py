@@ -32,6 +32,7 @@ import numpy as np
 
 from seqsense import __version__
 from seqsense.errors import SeqsenseError
+from seqsense.fileio import to_json
 from seqsense.log import open_log
 from seqsense.log.format import NS_PER_S
 from seqsense.log.reader import Stream
@@ -146,7 +147,7 @@ def _image_messages(st: Stream, channel: int, image_format: str, jpeg_quality: i
                 "data": base64.b64encode(encode_image(frame, image_format, jpeg_quality)).decode("ascii"),
                 "format": image_format,
             }
-            yield t_ns, channel, json.dumps(msg).encode()
+            yield t_ns, channel, to_json(msg, indent=None).encode()
 
 
 def _value_messages(st: Stream, channel: int, keys: list[str], sqrt: bool) -> Iterator[tuple[int, int, bytes]]:
@@ -160,7 +161,7 @@ def _value_messages(st: Stream, channel: int, keys: list[str], sqrt: bool) -> It
             x = np.where(np.isfinite(x), x, np.nan)
         for t_ns, row in zip(t.tolist(), x.tolist()):
             values = row if discrete else [v if v == v else None for v in row]  # NaN -> null
-            yield t_ns, channel, json.dumps({"t_s": t_ns / NS_PER_S, **dict(zip(keys, values))}).encode()
+            yield t_ns, channel, to_json({"t_s": t_ns / NS_PER_S, **dict(zip(keys, values))}, indent=None).encode()
 
 
 def write_mcap(log_path: str | os.PathLike, mcap_path: str | os.PathLike, image_format: str = "jpeg", jpeg_quality: int = 90) -> Path:
@@ -179,7 +180,7 @@ def write_mcap(log_path: str | os.PathLike, mcap_path: str | os.PathLike, image_
         with os.fdopen(fd, "wb") as fh:
             writer = Writer(fh)
             writer.start(profile="", library=f"seqsense {__version__}")
-            writer.add_metadata("seqsense", {"source": str(log_path), "provenance": json.dumps(log.provenance, default=str)})
+            writer.add_metadata("seqsense", {"source": str(log_path), "provenance": to_json(log.provenance, indent=None)})
             image_schema = writer.register_schema(
                 "foxglove.CompressedImage", SchemaEncoding.JSONSchema, json.dumps(COMPRESSED_IMAGE_SCHEMA).encode()
             )

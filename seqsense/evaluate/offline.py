@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -13,7 +12,7 @@ from seqsense.dataset import WindowDataset, episode_refs, resolve_paths
 from seqsense.errors import ConfigError, SeqsenseError
 from seqsense.evaluate.replay import evaluate_predictor, mean_row
 from seqsense.evaluate.wrappers import ExponentialSmoothing, TemporalEnsemble
-from seqsense.fileio import write_atomic
+from seqsense.fileio import to_json, write_atomic
 
 WRAPPERS = {"ema": ExponentialSmoothing, "ensemble": TemporalEnsemble}
 
@@ -196,6 +195,6 @@ def evaluate_runs(
             summary["models"][label] = {"family": model.family, "num_parameters": model.num_parameters(), **mean_row(rows)}
     bar.close()
     write_atomic(out / "metrics.csv", rows_to_csv(all_rows))
-    write_atomic(out / "summary.json", json.dumps(summary, indent=1, default=float))
+    write_atomic(out / "summary.json", to_json(summary))  # strict JSON: a NaN metric is null
     save_outputs(replays, targets, inputs, info, save_predictions, save_mcap, include_inputs, image_format)
     return summary

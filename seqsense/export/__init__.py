@@ -11,7 +11,8 @@ An export folder holds two files:
   `t_ns` is not a graph input: no family reads absolute time; the runtime turns `t_ns` into `dt_s`.
 - `manifest.json`: streams (kind, shape, dtype, units, fields, rates, topic where the log knows it),
   clock, target, graph inputs/outputs, state layout with initial values, model config, training
-  provenance, versions, the export format version and the parity figures of the self-check.
+  provenance, versions, the export format version and the parity figures of the self-check. Strict
+  JSON (`seqsense.fileio.to_json`): a non-finite number is null, e.g. `max_age_s` null = no age limit.
 
 `export_run(run_dir, out_dir)` writes both into a temporary folder beside `out_dir`, checks the graph
 (onnx checker, then a parity run of onnxruntime against the torch predictor on ticks from the training
@@ -24,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import json
 import os
 import platform
 import shutil
@@ -39,6 +39,7 @@ from seqsense.config import config_to_dict
 from seqsense.errors import CheckpointError, SeqsenseError
 from seqsense.export.check import PARITY_RTOL, PARITY_TICKS, check_export, random_ticks, training_ticks
 from seqsense.export.graph import DEFAULT_OPSET, export_onnx, tick_layout
+from seqsense.fileio import from_json, to_json
 from seqsense.runtime import EXPORT_FORMAT, EXPORT_FORMAT_VERSION, MANIFEST_FILE, MODEL_FILE
 
 __all__ = ["DEFAULT_OPSET", "export_model", "export_onnx", "export_run", "tick_layout"]
@@ -118,19 +119,6 @@ def build_manifest(model, graph: dict, meta: dict, topics: dict[str, str] | None
     }
 
 
-def json_safe(x):
-    """`x` with non-finite floats as None, so the manifest is strict JSON any language can read."""
-    if isinstance(x, float):
-        return x if np.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    if isinstance(x, np.generic):
-        return json_safe(x.item())
-    return x
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -154,8 +142,8 @@ def export_model(model, out_dir: str | os.PathLike, meta: dict | None = None, op
         graph = export_onnx(model, tmp / MODEL_FILE, opset)
         graph["sha256"] = _sha256(tmp / MODEL_FILE)
         _stamp_version(tmp / MODEL_FILE, graph)
-        manifest = json_safe(build_manifest(model, graph, meta, topics))
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, default=str, allow_nan=False))
+        manifest = from_json(to_json(build_manifest(model, graph, meta, topics)))  # as the file reads back
+        (tmp / MANIFEST_FILE).write_text(to_json(manifest))
         if parity_ticks is None or isinstance(parity_ticks, int):
             n = PARITY_TICKS if parity_ticks is None else parity_ticks
             parity_ticks, where = training_ticks(model, meta, n)
@@ -164,8 +152,8 @@ def export_model(model, out_dir: str | os.PathLike, meta: dict | None = None, op
         else:
             where = "given ticks"
         report = check_export(model, tmp, parity_ticks, PARITY_RTOL)
-        manifest["parity"] = {**report, "ticks_from": where}
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, default=str, allow_nan=False))
+        manifest["parity"] = from_json(to_json({**report, "ticks_from": where}))
+        (tmp / MANIFEST_FILE).write_text(to_json(manifest))
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -6,7 +6,6 @@ the process id changes), so a `Log` can be handed to torch DataLoader worker pro
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 from functools import cached_property
@@ -16,18 +15,28 @@ import h5py
 import numpy as np
 
 from seqsense.errors import LogFormatError
+from seqsense.fileio import from_json
 from seqsense.log.format import EPISODES_GROUP, FORMAT_MAJOR, FORMAT_NAME
 
 
 def _parse_json(value, default):
+    """A JSON attribute as written by the log writer (`seqsense.fileio` policy), or `default`."""
     if value is None:
         return default
     if isinstance(value, bytes):
         value = value.decode()
     try:
-        return json.loads(value)
+        return from_json(value)
     except (TypeError, ValueError):
         return default
+
+
+def directory_message(path: str | os.PathLike) -> str:
+    """What to say when a directory is given where a log file is due, naming the logs inside it."""
+    path = Path(path)
+    logs = sorted(p.name for p in path.glob("*.h5"))
+    inside = f": {', '.join(logs[:5])}{' ...' if len(logs) > 5 else ''}" if logs else ""
+    return f"'{path}' is a directory, not a seqsense log file (pass the .h5 file inside it{inside})."
 
 
 class Log:
@@ -83,6 +92,8 @@ class Log:
 def _open_checked(path: Path) -> h5py.File:
     if not path.exists():
         raise LogFormatError(f"Log '{path}' does not exist.")
+    if path.is_dir():
+        raise LogFormatError(directory_message(path))
     try:
         f = h5py.File(path, "r")
     except OSError as e:

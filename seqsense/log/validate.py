@@ -103,6 +103,10 @@ def validate(path: str | Path) -> list[Problem]:
     name = str(path)
     if not path.exists():
         return [Problem(name, "file does not exist.")]
+    if path.is_dir():
+        from seqsense.log.reader import directory_message
+
+        return [Problem(name, directory_message(path))]
     try:
         f = h5py.File(path, "r")
     except OSError as e:

@@ -10,7 +10,6 @@ long the log is.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,6 +19,7 @@ import numpy as np
 
 from seqsense import __version__
 from seqsense.errors import SeqsenseError
+from seqsense.fileio import to_json
 from seqsense.log.format import (
     EPISODES_GROUP,
     FORMAT_NAME,
@@ -34,7 +34,8 @@ BUFFER_BYTES = 4 * 1024 * 1024  # per-stream append buffer before a block is wri
 
 
 def _json_attr(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
+    """Strict JSON text of an attribute (NaN/inf as null, see `seqsense.fileio`), keys sorted."""
+    return to_json(value, indent=None, sort_keys=True)
 
 
 class StreamWriter:

@@ -4,14 +4,16 @@ The JSON holds the family, the full config, the stream info, the normalization s
 versions of seqsense and torch, free-form provenance (`extra`, e.g. training step and data) and the
 SHA-256 of the weights file, so a truncated or corrupted checkpoint is caught with a clear
 `CheckpointError` before torch sees it. Both files are written to temporaries and moved into place
-with `os.replace`, the weights first, so a reader never sees a half-written pair. No pickle.
+with `os.replace`, the weights first, so a reader never sees a half-written pair. No pickle. The JSON
+is strict (`seqsense.fileio.to_json`): inf and NaN are null, and the readers restore inf where a
+field is unbounded (config floats such as `max_age_s`, a train state's `best_val`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
+import math
 import os
 import platform
 from pathlib import Path
@@ -24,7 +26,7 @@ from seqsense import __version__
 from seqsense.config import config_from_dict, config_to_dict
 from seqsense.dataset import StreamInfo
 from seqsense.errors import CheckpointError, SeqsenseError
-from seqsense.fileio import write_atomic
+from seqsense.fileio import from_json, to_json, write_atomic
 
 CHECKPOINT_FORMAT = "seqsense-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -67,7 +69,7 @@ def save_checkpoint(model, path_stem: str | os.PathLike, extra: dict | None = No
         "extra": extra or {},
     }
     write_atomic(weights_path, blob)
-    write_atomic(meta_path, json.dumps(meta, indent=1, default=str).encode())
+    write_atomic(meta_path, to_json(meta))
     return weights_path, meta_path
 
 
@@ -76,7 +78,7 @@ def _read_json(meta_path: Path, missing: str, what: str):
     if not meta_path.exists():
         raise CheckpointError(missing)
     try:
-        return json.loads(meta_path.read_text())
+        return from_json(meta_path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{what} '{meta_path}' is not valid JSON ({e}); the file is truncated or corrupted.") from None
 
@@ -163,7 +165,7 @@ def save_train_state(path_stem: str | os.PathLike, model, optimizer: torch.optim
         **info,
     }
     write_atomic(weights_path, blob)
-    write_atomic(meta_path, json.dumps(meta, indent=1, default=str).encode())
+    write_atomic(meta_path, to_json(meta))
 
 
 def read_train_state_info(path_stem: str | os.PathLike) -> dict:
@@ -172,6 +174,8 @@ def read_train_state_info(path_stem: str | os.PathLike) -> dict:
     meta = _read_json(meta_path, f"Cannot resume: '{meta_path}' does not exist (was the run started with this --out?).", "Cannot resume: train state")
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT + "-train-state" or "step" not in meta:
         raise CheckpointError(f"Cannot resume: '{meta_path}' is not a seqsense train state.")
+    if "best_val" in meta and meta["best_val"] is None:
+        meta["best_val"] = math.inf  # no validation loss yet: null in strict JSON
     return meta
 
 

@@ -5,7 +5,8 @@ through a small CNN (`FrameEncoder`), each vector/scalar stream is normalized wi
 statistics and joined with its age and validity, packed high-rate streams are encoded per slot and
 averaged over the real slots; a two-layer MLP fuses the lot. The transformer family can swap the CNN
 for spatial self-attention over patches (`SpatialAttentionEncoder`). It accepts any leading axes, so the same
-module serves windows (B, T, ...) and streaming ticks (B, ...).
+module serves windows (B, T, ...) and streaming ticks (B, ...). `dt_feature` is the time since the
+previous tick that the temporal families join to these features.
 """
 
 from __future__ import annotations
@@ -14,6 +15,13 @@ import torch
 from torch import nn
 
 from seqsense.dataset import StreamInfo
+
+MAX_DT_S = 10.0  # dt feature clamp: longer gaps between ticks all look alike to the temporal core
+
+
+def dt_feature(tick: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The time since the previous tick as a feature, clamped to [0, MAX_DT_S]: (...,) -> (..., 1)."""
+    return tick["dt_s"].float().clamp(0.0, MAX_DT_S).unsqueeze(-1)
 
 
 class FrameEncoder(nn.Module):

@@ -15,9 +15,7 @@ from torch import nn
 
 from seqsense.errors import ConfigError
 from seqsense.models.base import ModelConfig, SequenceModel, register_model
-from seqsense.models.encoders import PredictionHead, TickEncoder
-
-MAX_DT_S = 10.0  # dt feature clamp: longer gaps all look alike to the cell
+from seqsense.models.encoders import PredictionHead, TickEncoder, dt_feature
 
 
 @dataclasses.dataclass
@@ -36,10 +34,6 @@ class RNNConfig(ModelConfig):
             raise ConfigError(f"RNNConfig: layers must be >= 1, got {self.layers}.")
 
 
-def _dt_feature(tick: dict[str, torch.Tensor]) -> torch.Tensor:
-    return tick["dt_s"].float().clamp(0.0, MAX_DT_S).unsqueeze(-1)  # (..., 1)
-
-
 @register_model("rnn", RNNConfig)
 class RNNModel(SequenceModel):
     """Owns the shared TickEncoder, a GRU/LSTM core and the head; state = h (and c for LSTM)."""
@@ -53,7 +47,7 @@ class RNNModel(SequenceModel):
         self.head = PredictionHead(h, self.target_dim, self.discrete)
 
     def _features(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.cat([self.encoder(x), _dt_feature(x)], -1)  # (..., H + 1)
+        return torch.cat([self.encoder(x), dt_feature(x)], -1)  # (..., H + 1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Predictions for every tick of windows (B, T, ...), starting from a zero state."""

@@ -21,9 +21,8 @@ from torch import nn
 
 from seqsense.errors import ConfigError
 from seqsense.models.base import ModelConfig, SequenceModel, register_model
-from seqsense.models.encoders import PredictionHead, TickEncoder
+from seqsense.models.encoders import PredictionHead, TickEncoder, dt_feature
 
-MAX_DT_S = 10.0
 QUERY_BLOCK = 128  # offline attention runs over query blocks so memory is O(T W), not O(T^2)
 
 
@@ -146,8 +145,7 @@ class TransformerModel(SequenceModel):
         self.head = PredictionHead(h, self.target_dim, self.discrete)
 
     def _features(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
-        dt = x["dt_s"].float().clamp(0.0, MAX_DT_S).unsqueeze(-1)
-        return self.proj(torch.cat([self.encoder(x), dt], -1))  # (..., H)
+        return self.proj(torch.cat([self.encoder(x), dt_feature(x)], -1))  # (..., H)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Predictions for every tick of windows (B, T, ...), each attending to its last W ticks."""
