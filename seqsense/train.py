@@ -72,12 +72,17 @@ class DistInfo:
 
 
 class BatchSchedule:
-    """Batches of window indices as a pure function of (seed, step): epoch-wise permutations."""
+    """Batches of window indices as a pure function of (seed, step): epoch-wise permutations.
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int = 0, stop: int | None = None):
+    With `pool` (window indices), batches are drawn from those windows only; `n` is then len(pool).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int = 0, stop: int | None = None,
+                 pool: np.ndarray | None = None):
         self.n, self.batch_size, self.seed = n, min(batch_size, n), seed
         self.per_epoch = n // self.batch_size
         self.start, self.stop = start, stop
+        self.pool = pool
         self._perm: tuple[int, np.ndarray] | None = None
 
     def indices(self, step: int) -> list[int]:
@@ -85,7 +90,8 @@ class BatchSchedule:
         epoch, j = divmod(step, self.per_epoch)
         if self._perm is None or self._perm[0] != epoch:
             self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n))
-        return self._perm[1][j * self.batch_size : (j + 1) * self.batch_size].tolist()
+        picked = self._perm[1][j * self.batch_size : (j + 1) * self.batch_size]
+        return (picked if self.pool is None else self.pool[picked]).tolist()
 
     def __iter__(self):
         k = self.start
@@ -228,24 +234,40 @@ class _LossModule(torch.nn.Module):
         return self.model.loss(batch)
 
 
+def scored_windows(ds: WindowDataset) -> np.ndarray:
+    """Indices of the windows of `ds` holding at least one valid target tick (the others score nothing)."""
+    keep = np.zeros(len(ds), bool)
+    for k in np.unique(ds.starts[:, 0]):
+        rows = np.flatnonzero(ds.starts[:, 0] == k)
+        seen = np.concatenate([[0], np.cumsum(ds.index(int(k)).target_valid)])  # valid ticks before each tick
+        s = ds.starts[rows, 1]
+        keep[rows] = seen[np.minimum(s + ds.spec.window, len(seen) - 1)] > seen[s]
+    return np.flatnonzero(keep)
+
+
 @torch.no_grad()
 def evaluate_loss(model: SequenceModel, ds: WindowDataset | None, device: torch.device, batch_size: int) -> float:
-    """Mean loss over (up to MAX_VAL_BATCHES) windows of `ds`, in a fixed order; NaN without data."""
+    """Mean loss over the valid target ticks of (up to MAX_VAL_BATCHES batches of) `ds`, in a fixed order.
+
+    `model.loss` is a mean over a batch's valid ticks, so each batch weighs by its count of them and
+    windows without any (truth with NaN gaps, e.g. motion-capture dropouts) are skipped. NaN without
+    data or without a single valid target tick.
+    """
     if ds is None:
         return float("nan")
+    windows = scored_windows(ds)[: MAX_VAL_BATCHES * batch_size]
     model.eval()
     total, n = 0.0, 0
-    for j, start in enumerate(range(0, len(ds), batch_size)):
-        if j >= MAX_VAL_BATCHES:
-            break
-        idx = list(range(start, min(start + batch_size, len(ds))))
+    for start in range(0, len(windows), batch_size):
+        idx = windows[start : start + batch_size].tolist()
         batch = ds.__getitems__(idx)
         check_finite(batch, lambda b: _window_name(ds, idx[b]))
+        valid = int((batch["target_valid"] & ~batch["tick_is_pad"]).sum())
         batch = {k: v.to(device) for k, v in batch.items()}
-        total += float(model.loss(batch)) * len(idx)
-        n += len(idx)
+        total += float(model.loss(batch)) * valid
+        n += valid
     model.train()
-    return total / max(n, 1)
+    return total / n if n else float("nan")
 
 
 def _window_name(ds: WindowDataset, i: int) -> str:
@@ -377,6 +399,12 @@ class _Run:
         self.model_cls.check_streams(self.config, streams)
         torch.manual_seed(self.config.seed)
         self.model = self.model_cls(self.config, streams, checked_normalization(self.train_ds)).to(dev)
+        if self.model.trains_by_sgd and self.config.steps == 0 and self.config.time_budget_s == 0:
+            raise ConfigError(
+                f"Model {family!r} trains by gradient steps, so steps=0 would save an untrained model: use "
+                "--set steps=N with N >= 1 (or a time budget, --set time_budget_s=S). Only filters fitted in closed "
+                "form (kalman without SGD parameters, ekf) accept steps=0."
+            )
         mine = train_refs[info.rank :: info.world]  # disjoint episodes per rank
         self.rank_ds = self.train_ds if info.world == 1 else WindowDataset(mine, spec)
         self.provenance = {
@@ -386,6 +414,9 @@ class _Run:
             "device": str(dev),
         }
         self.best_val, self.best_step, self.step, self.elapsed_s, self.fitted_extra = math.inf, 0, 0, 0.0, False
+        if self.val_ds is not None and not len(scored_windows(self.val_ds)):
+            self.log(f"The {len(val_refs)} validation episode(s) hold no valid tick of target {self.config.target!r} "
+                     "(NaN or missing throughout), so validation cannot rank checkpoints: the best checkpoint is the last step.")
         if self.rank0:
             run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -410,8 +441,9 @@ class _Run:
             return float("nan")
         val = evaluate_loss(self.model, self.val_ds, self.dev, self.config.batch_size)
         extra = {**self.provenance, "step": self.step, "train_loss": train_loss, "val_loss": val}
-        if self.val_ds is None or val < self.best_val or not math.isfinite(self.best_val):
-            self.best_val, self.best_step = (val if self.val_ds is not None else math.inf), self.step
+        # NaN never wins; until a finite validation loss is seen, the best checkpoint is the last one.
+        if self.val_ds is None or not math.isfinite(self.best_val) or (math.isfinite(val) and val < self.best_val):
+            self.best_val, self.best_step = (val if math.isfinite(val) else math.inf), self.step
             save_checkpoint(self.model, self.run_dir / "best", extra)
         save_checkpoint(self.model, self.run_dir / "last", extra)
         state = {"family": self.family, "config": config_to_dict(self.config), "step": self.step, "best_val": self.best_val,
@@ -467,7 +499,14 @@ class _Run:
             # conv weight grads of 1-channel frames differ from DDP's buckets only in a size-1 stride
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             module = torch.nn.parallel.DistributedDataParallel(module, device_ids=[self.dev.index] if self.dev.type == "cuda" else None)
-        schedule = BatchSchedule(len(self.rank_ds), cfg.batch_size, seed=cfg.seed * 1009 + info.rank, start=self.step, stop=cfg.steps or None)
+        # Windows without a valid target tick teach nothing and would make a batch's loss NaN: leave them out.
+        scored = scored_windows(self.rank_ds)
+        if not len(scored):
+            raise SeqsenseError(f"None of the {len(self.rank_ds)} training window(s) of {self.family} holds a valid tick of target "
+                                f"{cfg.target!r} (NaN or missing throughout). Check the target stream, or train on other episodes.")
+        pool = None if len(scored) == len(self.rank_ds) else scored
+        schedule = BatchSchedule(len(scored), cfg.batch_size, seed=cfg.seed * 1009 + info.rank, start=self.step,
+                                 stop=cfg.steps or None, pool=pool)
         loader = torch.utils.data.DataLoader(self.rank_ds, batch_sampler=schedule, collate_fn=_passthrough, num_workers=num_workers)
         bar = tqdm(total=cfg.steps or None, initial=self.step, disable=not (progress and self.rank0), file=sys.stderr, unit="step", desc=self.family)
         log_every = max(1, min(cfg.val_every, 25))

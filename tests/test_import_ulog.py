@@ -50,7 +50,10 @@ def test_topics_become_streams_with_ns_times_and_instances_apart(tmp_path):
     q = ep.stream("vehicle_attitude_0").read()[:, :4]
     np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1, atol=1e-6)
     gps = ep.stream("vehicle_gps_position_0")
-    assert gps.allow_nan and np.isnan(gps.read()[1, 2]) and any("vel_m_s" in n and "allow_nan" in n for n in notes)
+    # PX4's NaN in message 1 (vel_m_s) is a missing reading: that message is dropped and counted
+    assert not gps.allow_nan and len(gps) == 9 and np.isfinite(gps.read()).all()
+    assert log.provenance["dropped_nonfinite"] == {"vehicle_gps_position_0": 1}
+    assert any("1 sample(s) of stream 'vehicle_gps_position_0'" in n for n in notes)
     assert ep.provenance["format"] == "ulog" and ep.provenance["sys_name"] == "seqsense-sample"
     assert log.provenance["ulog"]["f.ulg"]["dropouts"] == 0
 

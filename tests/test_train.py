@@ -207,3 +207,73 @@ def test_a_best_checkpoint_from_before_fit_extra_gets_fitted_too(tiny_log, tmp_p
     for model in (res.model, load_checkpoint(tmp_path / "run" / "best")):
         assert not torch.allclose(model.r, torch.full_like(model.r, 0.1)), "best checkpoint holds an unfitted filter"
         assert not torch.allclose(model.q, torch.ones_like(model.q))
+
+
+def _write_gappy_log(path, gap_of=lambda e: slice(8, 24), episodes=6, ticks=40):
+    """A log whose truth has NaN gaps (motion-capture dropouts): `imu` sees the position, `truth/pos` is NaN in `gap_of(e)`."""
+    rng = np.random.default_rng(0)
+    with LogWriter(path, provenance={"inputs": ["imu"], "target": "truth/pos"}) as log:
+        for e in range(episodes):
+            ep = log.episode(f"ep_{e:03d}")
+            t = seconds_to_ns(np.arange(ticks) / 20.0)
+            pos = np.cumsum(rng.normal(size=(ticks, 2)) * 0.05, axis=0).astype(np.float32)
+            truth = pos.copy()
+            truth[gap_of(e)] = np.nan
+            ep.write_stream("imu", "vector", t, pos + 0.01 * rng.standard_normal(pos.shape).astype(np.float32), rate_hz=20.0)
+            ep.write_stream("truth/pos", "vector", t, truth, rate_hz=20.0, allow_nan=True)
+    return path
+
+
+def test_validation_loss_is_the_mean_over_valid_ticks(tmp_path):
+    from seqsense.train import evaluate_loss
+
+    log = _write_gappy_log(tmp_path / "gappy.h5")  # windows 1 and 2 of every episode are NaN throughout
+    knobs = {"hidden": 16, "window": 8, "batch_size": 2, "steps": 30, "val_every": 10, "val_fraction": 0.34}
+    res = train("framewise", [log], knobs, tmp_path / "r", progress=False, log=lambda m: None)
+    rows = list(csv.DictReader(open(tmp_path / "r" / "metrics.csv")))
+    vals = [float(r["val_loss"]) for r in rows if r["val_loss"]]
+    assert len(vals) == 3 and np.isfinite(vals).all() and np.isfinite(res.val_loss)
+    assert res.best_step == 10 * (1 + int(np.argmin(vals))) and (tmp_path / "r" / "best.json").exists()
+    # one value per valid tick, however the windows are batched
+    val = json.loads((tmp_path / "r" / "last.json").read_text())["extra"]["split"]["val"]
+    ds = WindowDataset([r for r in episode_refs([log]) if f"{log.name}:{r[1]}" in val], res.config.window_spec())
+    losses = [evaluate_loss(res.model, ds, torch.device("cpu"), b) for b in (1, 2, 3, 64)]
+    np.testing.assert_allclose(losses, losses[0], rtol=1e-5)
+
+
+def test_a_validation_split_without_valid_ticks_selects_the_last_step(tmp_path):
+    from seqsense.dataset import split_episodes
+
+    refs = episode_refs([_write_gappy_log(tmp_path / "probe.h5")])
+    _, val = split_episodes(refs, 0.34, 0)
+    blind = {int(e.removeprefix("ep_")) for _, e in val}
+    log = _write_gappy_log(tmp_path / "blind.h5", gap_of=lambda e: slice(None) if e in blind else slice(0, 0))
+    notes = []
+    knobs = {"hidden": 16, "window": 8, "batch_size": 4, "steps": 20, "val_every": 5, "val_fraction": 0.34}
+    res = train("framewise", [log], knobs, tmp_path / "r", progress=False, log=notes.append)
+    assert sum("hold no valid tick of target 'truth/pos'" in n for n in notes) == 1
+    assert res.best_step == res.steps == 20 and np.isnan(res.val_loss)
+    assert json.loads((tmp_path / "r" / "best.json").read_text())["extra"]["step"] == 20
+
+
+def test_steps_0_is_refused_for_families_trained_by_gradient_steps(tiny_log, tmp_path, capsys):
+    code = main(["train", "--model", "rnn", "--data", str(tiny_log), "--out", str(tmp_path / "r"), "--no-progress",
+                 "--set", "steps=0", "--set", "window=8"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "'rnn' trains by gradient steps" in err and "steps=N with N >= 1" in err and "kalman" in err and "ekf" in err
+    assert not (tmp_path / "r").exists()
+    # a filter fitted in closed form (kalman on the raw measurement, EM) has nothing to train by SGD: steps=0 is fine
+    path = tmp_path / "lg.h5"
+    rng = np.random.default_rng(0)
+    with LogWriter(path) as log:
+        for e in range(4):
+            ep = log.episode(f"ep_{e:03d}")
+            t = seconds_to_ns(np.arange(40) / 20.0)
+            pos = np.cumsum(rng.normal(size=(40, 2)) * 0.05, axis=0).astype(np.float32)
+            ep.write_stream("measurement", "vector", t, pos + 0.1 * rng.standard_normal(pos.shape).astype(np.float32), rate_hz=20.0)
+            ep.write_stream("truth/pos", "vector", t, pos, rate_hz=20.0)
+    code = main(["train", "--model", "kalman", "--data", str(path), "--inputs", "measurement", "--target", "truth/pos",
+                 "--out", str(tmp_path / "k"), "--no-progress", "--set", "steps=0", "--set", "dynamics=em",
+                 "--set", "em_iters=2", "--set", "window=8"])
+    assert code == 0 and (tmp_path / "k" / "best.json").exists()

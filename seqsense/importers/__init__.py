@@ -95,6 +95,10 @@ def import_sources(paths: list[str | Path], out: str | Path, mapping: Mapping | 
             notify(f"sorted by time: {n} sample(s) of {key} were out of order")
         for key, n in session.counts["stamp_fallback_receive"].items():
             notify(f"{n} message(s) of {key} had no header stamp: their receive time was used")
+        for key, n in session.counts["dropped_nonfinite"].items():
+            gone = " (all of them: the stream is left out)" if key in session.emptied else ""
+            notify(f"dropped {n} sample(s) of stream '{key}' holding NaN or Inf (readings the source marks as "
+                   f"missing){gone}; only truth/ streams and streams a mapping marks \"allow_nan\": true keep them")
         return session.finish(f"seqsense.importers.{importer.family}", job.provenance)
     except BaseException:
         session.abort()

@@ -177,10 +177,9 @@ class NavSatFixConverter(MessageConverter):
     """NavSatFix -> `<base>`: latitude, longitude, altitude, fix status and ENU position variances."""
 
     def parts(self, msg):
-        # No-fix messages carry NaN positions, so NaN is a legitimate value here.
+        # No-fix messages carry NaN positions: the import drops them as missing readings (and counts them).
         return [Part("", "vector", (7,), "deg (latitude, longitude), m (altitude), status code, m^2 (var_*)",
-                     ("latitude", "longitude", "altitude", "status", "var_east", "var_north", "var_up"),
-                     allow_nan=True)]
+                     ("latitude", "longitude", "altitude", "status", "var_east", "var_north", "var_up"))]
 
     def convert(self, msg):
         c = msg.position_covariance
@@ -237,12 +236,13 @@ class TwistStampedConverter(MessageConverter):
 
 @register("sensor_msgs/msg/Range")
 class RangeConverter(MessageConverter):
-    """Range -> `<base>` scalar in m (+/-Inf are kept: ROS uses them for out-of-range readings)."""
+    """Range -> `<base>` scalar in m (ROS's +/-Inf out-of-range readings are dropped and counted, unless a
+    mapping entry marks the stream `"allow_nan": true`)."""
 
     def parts(self, msg):
         attrs = {"min_range_m": float(msg.min_range), "max_range_m": float(msg.max_range),
                  "field_of_view_rad": float(msg.field_of_view), "radiation_type": int(msg.radiation_type)}
-        return [Part("", "scalar", (), "m", allow_nan=True, attrs=attrs)]
+        return [Part("", "scalar", (), "m", attrs=attrs)]
 
     def convert(self, msg):
         return [msg.range]

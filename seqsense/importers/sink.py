@@ -1,11 +1,19 @@
 """The writing side shared by every importer: episodes, block-buffered streams, time-order checks.
 
 `ImportSession` owns the output `LogWriter`, names episodes `ep_000`, `ep_001`, ... and keeps the
-counts that go into provenance (skipped, sorted, stamp fallbacks). `StreamSink` buffers one output
-stream into a preallocated block and writes it with `StreamWriter.extend`, so memory stays bounded
-by one block per stream. Timestamps that go backwards are an error naming where they occur, unless
-the import asked for `--sort-time`: then every stream is staged in a scratch HDF5 file beside the
-output and copied into the log in stable time order (the scratch file is removed in all cases).
+counts that go into provenance (skipped, sorted, stamp fallbacks, non-finite samples). `StreamSink`
+buffers one output stream into a preallocated block and writes it with `StreamWriter.extend`, so
+memory stays bounded by one block per stream. Timestamps that go backwards are an error naming where
+they occur, unless the import asked for `--sort-time`: then every stream is staged in a scratch HDF5
+file beside the output and copied into the log in stable time order (the scratch file is removed in
+all cases).
+
+A sensor sample holding NaN or Inf is a reading the source marks as missing (a driver's NaN
+magnetometer sample, a GPS message without fix, a range out of range): the sink drops the whole
+sample of that stream and counts it per stream (provenance `dropped_nonfinite`), so every sensor
+stream is finite and the log passes `inspect --validate`. Only truth streams keep NaN, marked
+`allow_nan` (training masks them): names under `truth/`, parts an importer declares `allow_nan`
+(frames without a box) and streams a mapping entry marks `"allow_nan": true`.
 """
 
 from __future__ import annotations
@@ -75,6 +83,8 @@ class StreamSink:
         self.session, self.episode, self.name, self.part = session, episode, name, part
         self.source, self.frame_id, self.where = source, frame_id, where
         dtype = KIND_DTYPES[part.kind]
+        self.keeps_nan = session.keeps_nan(name, part)
+        self.checks_finite = bool(np.issubdtype(dtype, np.floating))  # images and labels cannot hold NaN
         sample_bytes = max(1, int(np.prod(part.shape, dtype=np.int64)) * dtype.itemsize)
         # Blocks are whole multiples of the HDF5 chunk, so no chunk is written twice.
         self.chunk = IMAGE_CHUNK if part.kind == "image" else max(64, VECTOR_CHUNK_BYTES // sample_bytes)
@@ -86,18 +96,23 @@ class StreamSink:
         self.last_t: int | None = None
         self.backwards: list[tuple[int, int, int]] = []  # (message index, t, previous t)
         self.n_backwards = 0
+        self.n_nonfinite = 0  # samples holding NaN/Inf: dropped, or kept in a truth stream
         self.writer = None
         self._stage = None  # (t dataset, data dataset) in the scratch file when sorting
 
     def add(self, t_ns: int, sample, msg_index: int) -> None:
         """Append one sample; `msg_index` locates it in the source for error messages."""
+        self._x[self._n] = sample
+        if self.checks_finite and not np.isfinite(self._x[self._n]).all():
+            self.n_nonfinite += 1
+            if not self.keeps_nan:
+                return
         if self.last_t is not None and t_ns < self.last_t:
             self.n_backwards += 1
             if len(self.backwards) < MAX_REPORTED:
                 self.backwards.append((msg_index, t_ns, self.last_t))
         self.last_t = t_ns
         self._t[self._n] = t_ns
-        self._x[self._n] = sample
         self._n += 1
         if self._n == self.block:
             self.flush()
@@ -105,6 +120,13 @@ class StreamSink:
     def add_block(self, t_ns: np.ndarray, data: np.ndarray, index0: int = 0) -> None:
         """Append many samples at once (sources that read arrays: CSV, HDF5)."""
         t_ns = np.asarray(t_ns, np.int64)
+        rows = index0 + np.arange(len(t_ns))  # source rows, for error messages
+        if self.checks_finite and len(t_ns):
+            data = np.asarray(data, self._x.dtype)
+            ok = np.isfinite(data.reshape(len(data), -1)).all(axis=1)  # (N,)
+            self.n_nonfinite += len(ok) - int(np.count_nonzero(ok))
+            if not self.keeps_nan and not ok.all():
+                t_ns, data, rows = t_ns[ok], data[ok], rows[ok]
         if len(t_ns) == 0:
             return
         prev = np.empty_like(t_ns)  # the timestamp before each sample
@@ -113,7 +135,7 @@ class StreamSink:
         back = np.flatnonzero(t_ns < prev)
         self.n_backwards += len(back)
         for i in back[: MAX_REPORTED - len(self.backwards)]:
-            self.backwards.append((index0 + int(i), int(t_ns[i]), int(prev[i])))
+            self.backwards.append((int(rows[i]), int(t_ns[i]), int(prev[i])))
         self.last_t = int(t_ns[-1])
         self.flush()
         self._write(t_ns, np.asarray(data))
@@ -137,6 +159,7 @@ class StreamSink:
         if self.writer is None:
             self.writer = self._create(t)
         self.writer.extend(t, x)
+        self._mark_allow_nan()
 
     def _create(self, t: np.ndarray):
         dt = np.diff(t)
@@ -145,14 +168,29 @@ class StreamSink:
         p = self.part
         return self.episode.stream(
             self.name, p.kind, p.shape, units=p.units, fields=p.fields, frame_id=self.frame_id,
-            source=self.source, rate_hz=rate, allow_nan=p.allow_nan,
+            source=self.source, rate_hz=rate, allow_nan=self._holds_nan(),
             compression=None, chunk_samples=self.chunk,
             attrs={**{k: v for k, v in p.attrs.items() if k != "frame_id"}, "time": self.session.options.time},
         )
 
+    def _holds_nan(self) -> bool:
+        """Whether the stream is marked `allow_nan`: declared so, or a truth stream that kept a NaN/Inf."""
+        return bool(self.part.allow_nan or self.keeps_nan and self.n_nonfinite)
+
+    def _mark_allow_nan(self) -> None:
+        # A truth stream not declared allow_nan is marked once its first NaN is written (it may come after
+        # the stream was created), so that validation accepts its missing samples.
+        if self._holds_nan() and not self.writer._group.attrs["allow_nan"]:
+            self.writer._group.attrs["allow_nan"] = True
+
     def finish(self) -> None:
-        """Flush the last block; when sorting, copy the staged samples into the log in time order."""
+        """Flush the last block (count the dropped NaN/Inf samples); when sorting, copy the staged samples
+        into the log in time order."""
         self.flush()
+        if self.n_nonfinite and not self.keeps_nan:
+            self.session.count("dropped_nonfinite", self.name, self.n_nonfinite)
+            if self.count == 0:
+                self.session.emptied.add(self.name)
         if self._stage is None:
             return
         t_ds, x_ds = self._stage
@@ -171,6 +209,7 @@ class StreamSink:
                 uniq = np.sort(idx)
                 x = x_ds[uniq][np.searchsorted(uniq, idx)]
             self.writer.extend(t[idx], x)
+        self._mark_allow_nan()
 
     def backwards_text(self) -> str:
         """Where timestamps went backwards, for the error message."""
@@ -186,7 +225,9 @@ class ImportSession:
         self.out = Path(out)
         self.options = options
         self.writer = LogWriter(self.out)
-        self.counts: dict[str, dict[str, int]] = {"dropped": {}, "sorted": {}, "stamp_fallback_receive": {}}
+        self.counts: dict[str, dict[str, int]] = {"dropped": {}, "sorted": {}, "stamp_fallback_receive": {},
+                                                  "dropped_nonfinite": {}}
+        self.emptied: set[str] = set()  # streams whose every sample held NaN/Inf (none written)
         self.sources: list[dict] = []
         self.mapping = mapping_dict
         self._scratch: h5py.File | None = None
@@ -194,9 +235,18 @@ class ImportSession:
         self._n_scratch = 0
 
     def count(self, what: str, key: str, n: int = 1) -> None:
-        """Add `n` to a provenance counter (dropped / sorted / stamp_fallback_receive) under `key`."""
+        """Add `n` to a provenance counter (dropped / sorted / stamp_fallback_receive / dropped_nonfinite)
+        under `key`."""
         bucket = self.counts.setdefault(what, {})
         bucket[key] = bucket.get(key, 0) + n
+
+    def keeps_nan(self, name: str, part: Part) -> bool:
+        """Whether stream `name` keeps samples holding NaN/Inf (truth streams; see the module docstring)."""
+        if part.allow_nan or name.startswith("truth/"):
+            return True
+        # A mapping entry names a stream, or the base of a converter's parts (`odom` for `odom/pose`).
+        return any(e.get("allow_nan") is True and (name == e.get("stream") or name.startswith(f"{e.get('stream')}/"))
+                   for e in self.mapping.get("streams", []))
 
     def new_episode(self, provenance: dict) -> EpisodeWriter:
         """Create the next episode (`ep_000`, `ep_001`, ...)."""
@@ -226,6 +276,12 @@ class ImportSession:
             )
         for s in sinks:
             s.finish()
+        if sinks and all(s.count == 0 for s in sinks) and any(s.n_nonfinite for s in sinks):
+            raise SeqsenseError(
+                f"every sample of {', '.join(s.where for s in sinks)} holds NaN or Inf: the episode would have no "
+                "streams. Nothing was written. Pick fields that hold readings, or mark the streams "
+                '"allow_nan": true in the mapping to keep the NaN.'
+            )
 
     def finish(self, importer: str, extra: dict | None = None) -> Path:
         """Write provenance and move the finished log into place."""

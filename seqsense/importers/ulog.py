@@ -7,10 +7,14 @@ of that name whose fields are the topic's numeric fields (`x`, `gyro_rad[0]`, `q
 Mapping entries rename a topic (`--map sensor_accel_0=accel`) or pick fields
 (`"topic": "sensor_combined_0", "fields": ["gyro_rad[0]", "gyro_rad[1]", "gyro_rad[2]"]`), as for
 bags. Values are float32, so integers above 2^24 (device ids, lat/lon in 1e-7 degrees, absolute
-`timestamp_sample`) keep about 7 significant digits. PX4 writes NaN for unset values: such streams
-are marked `allow_nan` (with a note) unless the mapping entry says `"allow_nan": false`. Dropouts
-and corruption reported by pyulog are noted and kept in provenance; a log cut short imports up to
-the cut, as pyulog reads it.
+`timestamp_sample`) keep about 7 significant digits. PX4 writes NaN for unset values: a field that is
+NaN or Inf in every message of a topic instance (e.g. `vehicle_local_position`'s `hagl_min`) is left
+out of a stream that takes the topic's fields (noted, and listed in provenance `ulog.<file>.unset_fields`);
+a message whose other fields hold NaN/Inf is dropped by the sink and counted (`dropped_nonfinite`). A
+mapping entry that picks `fields` keeps those fields; `"allow_nan": true` keeps NaN in the stream, and
+`"allow_nan": false` makes a NaN an error naming the message and field. Dropouts and corruption
+reported by pyulog are noted and kept in provenance; a log cut short imports up to the cut, as pyulog
+reads it.
 
 pyulog parses a log into memory (about the size of the selected topics' data); with
 `"include_unmapped": false` only the mapped topics are parsed. Streams are written in blocks.
@@ -106,6 +110,7 @@ class ULogImporter(Importer):
                 raise SeqsenseError(f"'{path}': --map/--config names topic '{e['topic']}', which the log does not "
                                     f"hold. Topics (<topic>_<instance>): {', '.join(found)}.")
         plan = []  # (stream name, topic key, fields, entry)
+        unset: dict[str, list[str]] = {}  # topic key -> fields left out as never set
         for key, topic in found.items():
             entries = mapping.entries_for(key)
             if not entries:
@@ -119,11 +124,24 @@ class ULogImporter(Importer):
                 missing = [f for f in fields if f not in topic["data"]]
                 if missing:
                     raise SeqsenseError(f"'{path}' topic '{key}': no field(s) {missing}; fields: {topic['fields']}.")
+                fields, left_out = self._set_fields(path, key, topic, fields, e)
+                if left_out:
+                    unset[key] = left_out
+                if not fields:
+                    session.count("dropped", f"{path.name}:{key}", len(topic["t_us"]))
+                    job.provenance.setdefault("skipped_topics", {})[key] = "every field is NaN or Inf (unset)"
+                    continue
                 plan.append((e["stream"], key, fields, e))
         if not plan:
             raise SeqsenseError(f"'{path}': no topic to import (the log holds no data messages, or the mapping "
                                 "selects none).")
         self._note_health(path, log, printed, job)
+        if unset:
+            job.provenance["ulog"][path.name]["unset_fields"] = unset
+            shown = "; ".join(f"{k} {v[:3]}{' ...' if len(v) > 3 else ''}" for k, v in list(unset.items())[:4])
+            job.notify(f"'{path}': {len(unset)} topic(s) have fields that are NaN or Inf in every message (PX4's unset "
+                       f"values), left out of their streams: {shown}{' ...' if len(unset) > 4 else ''} (all in the "
+                       "provenance, ulog.unset_fields).")
         info = {k: log.msg_info_dict[k] for k in INFO_KEYS if k in log.msg_info_dict}
         episodes = TimedEpisodes(session, [found[key]["t_us"].astype(np.int64) * 1000 for _, key, _, _ in plan],
                                  {"source": str(path), "format": "ulog", **info},
@@ -131,7 +149,7 @@ class ULogImporter(Importer):
         for stream, key, fields, e in plan:
             topic = found[key]
             t_ns = topic["t_us"].astype(np.int64) * 1000  # µs since boot -> ns
-            allow_nan = self._allow_nan(path, key, stream, topic, fields, e, job)
+            allow_nan = bool(e.get("allow_nan", False))
             names_ = e.get("field_names") or fields
             if len(names_) != len(fields):
                 raise SeqsenseError(f"'{path}' topic '{key}': stream '{stream}' has {len(fields)} fields but "
@@ -148,20 +166,21 @@ class ULogImporter(Importer):
         episodes.close()
 
     @staticmethod
-    def _allow_nan(path, key, stream, topic, fields, entry, job) -> bool:
-        """Whether the stream may hold NaN/Inf: PX4's unset values are kept unless the entry forbids them."""
-        bad = [f for f in fields if topic["data"][f].dtype.kind == "f"
-               and not np.isfinite(topic["data"][f].astype(np.float32)).all()]
-        if not bad:
-            return bool(entry.get("allow_nan", False))
-        if entry.get("allow_nan") is False:
+    def _set_fields(path, key, topic, fields, entry) -> tuple[list[str], list[str]]:
+        """(fields to import, fields left out): PX4's unset fields (NaN/Inf in every message) are left out
+        of a stream taking the topic's fields; picked fields and `allow_nan` streams keep every field."""
+        nonfinite = {f: ~np.isfinite(topic["data"][f].astype(np.float32)) for f in fields
+                     if topic["data"][f].dtype.kind == "f"}  # field -> (N,)
+        bad = [f for f, m in nonfinite.items() if m.any()]
+        if bad and entry.get("allow_nan") is False:
             f = bad[0]
-            i = int(np.flatnonzero(~np.isfinite(topic["data"][f].astype(np.float32)))[0])
+            i = int(np.flatnonzero(nonfinite[f])[0])
             raise SeqsenseError(f"'{path}' topic '{key}' message {i} field '{f}': {topic['data'][f][i]} is not "
                                 "finite, and the mapping says allow_nan false. Drop the field or allow NaN.")
-        job.notify(f"'{path}' topic '{key}': field(s) {bad[:4]}{' ...' if len(bad) > 4 else ''} hold NaN or Inf "
-                   f"(PX4's unset values): stream '{stream}' is marked allow_nan.")
-        return True
+        if entry.get("allow_nan") or entry.get("fields") or not len(topic["t_us"]):
+            return list(fields), []
+        unset = [f for f in bad if nonfinite[f].all()]
+        return [f for f in fields if f not in unset], unset
 
     @staticmethod
     def _note_health(path: Path, log, printed: str, job: ImportJob) -> None:
