@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import dataclasses
 import math
 
 import numpy as np
@@ -59,6 +60,17 @@ def test_checkpoint_with_unbounded_age_is_strict_json(tiny_log, tmp_path):
     loaded = load_checkpoint(tmp_path / "m")
     assert loaded.config.max_age_s == math.inf and loaded.config == model.config
     assert loaded.checkpoint_meta == meta  # reading gives back what was written
+    for name, info in model.streams.items():  # an unknown rate (NaN, written as null) reads back as NaN
+        got = loaded.streams[name].rate_hz
+        assert (math.isnan(got) and math.isnan(info.rate_hz)) or got == info.rate_hz
+
+
+def test_unknown_stream_rate_survives_a_checkpoint(tiny_log, tmp_path):
+    model = _rnn(tiny_log)
+    name = next(iter(model.streams))
+    model.streams[name] = dataclasses.replace(model.streams[name], rate_hz=math.nan)
+    save_checkpoint(model, tmp_path / "m")
+    assert math.isnan(load_checkpoint(tmp_path / "m").streams[name].rate_hz)
 
 
 def test_checkpoint_written_with_infinity_literals_still_loads(tiny_log, tmp_path):

@@ -124,7 +124,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     try:
         model_cls, config_cls = get_model_class(meta["family"])
         config = config_from_dict(config_cls, meta["config"])
-        streams = {k: StreamInfo(**{**v, "shape": tuple(v["shape"])}) for k, v in meta["streams"].items()}
+        # a rate that is unknown (NaN) is written as null in strict JSON: read it back as NaN
+        streams = {k: StreamInfo(**{**v, "shape": tuple(v["shape"]), "rate_hz": math.nan if v.get("rate_hz") is None else v["rate_hz"]})
+                   for k, v in meta["streams"].items()}
         model = model_cls(config, streams, meta["normalization"])
     except (SeqsenseError, TypeError, KeyError) as e:
         raise CheckpointError(f"Checkpoint '{meta_path}': cannot rebuild model {meta.get('family')!r}: {e}") from None

@@ -307,7 +307,7 @@ def smoothed(rep, tau_s: float | None):
     return dataclasses.replace(rep, mean=mean, var=var)
 
 
-def consumer_names(row: dict) -> list[str]:
+def scored_consumers(row: dict) -> list[str]:
     """The consumers scored in a row (keys `<consumer>.cost`)."""
     return sorted(k.split(".")[0] for k in row if k.endswith(".cost"))
 
@@ -322,7 +322,7 @@ def tune_smoothing(model, val, taus_s) -> dict[str, float | None]:
     costs: dict[str, dict] = {}
     for tau in (None, *taus_s):
         rows = [consumer_summaries(smoothed(rep, tau), val, k) for k, rep in enumerate(reps)]  # rep k is episode k
-        for c in consumer_names(rows[0]):
+        for c in scored_consumers(rows[0]):
             costs.setdefault(c, {})[tau] = float(np.mean([r[f"{c}.cost"] for r in rows]))
     # the smallest cost; ties go to less smoothing (None first, then the shortest time constant)
     return {c: min(by_tau, key=lambda t: (by_tau[t], -1.0 if t is None else t)) for c, by_tau in costs.items()}

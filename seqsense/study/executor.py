@@ -29,7 +29,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import pickle
+import pickle  # only for the IPC pipe to our own spawned workers (what multiprocessing does anyway); nothing is read from disk
 import signal
 import sys
 import threading

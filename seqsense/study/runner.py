@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 from seqsense import __version__
-from seqsense.errors import ConfigError
 from seqsense.evaluate.offline import check_writable
 from seqsense.fileio import write_json_atomic
 from seqsense.study.aggregate import control_status, summarize_cell
@@ -159,4 +158,4 @@ def machine_info() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "device": "cpu", "python": platform.python_version()}
 
 
-__all__ = ["Study", "StudyConfig", "ConfigError", "machine_info", "registered_families", "run_unit"]
+__all__ = ["Study", "StudyConfig", "machine_info", "registered_families", "run_unit"]
