@@ -118,7 +118,7 @@ def need_plot(results: dict, consumer: str) -> bytes | None:
     ax.set_xlim(-0.6, len(pts) - 0.4)
     ax.set_ylabel("gain (fraction of the twin's cost)")
     ax.set_title(f"Memory vs smoothing — {consumer} consumer (95% CI)", pad=28)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return to_png(fig)
 
 
@@ -220,7 +220,8 @@ def trajectory_plot(name: str, cell: dict, palette: Palette) -> bytes | None:
             continue
         m = models.get(mname, {})
         color, _ = palette.of(_family(mname, m))
-        ax.plot(t, y, color=color, lw=1.0, ls="--" if _wrapped(mname, m) else "-", alpha=0.9, label=mname)
+        style = "--" if _wrapped(mname, m) else (":" if m.get("twin") or mname.endswith("-twin") else "-")
+        ax.plot(t, y, color=color, lw=1.3 if style == ":" else 1.0, ls=style, alpha=0.9, label=mname)
     ax.set_xlabel("time (s)")
     ax.set_ylabel(f"{field} ({tb.text(cell.get('target'))})", fontsize=8)
     ax.set_title(f"{name}: episode {tb.text(ex.get('episode'))}", fontsize=10)

@@ -152,7 +152,10 @@ class CellRun:
         return res.model, summary
 
     def family_models(self, family: str, train_log: Path) -> dict[str, tuple]:
-        """label -> (model, info) for a family and its twin; {} with a reason when the family does not apply."""
+        """label -> (model, info) for a family and its twin; ConfigError when the family does not apply to the cell.
+
+        `oracle_system` marks a model that runs the log's own stored system (kalman on a generated
+        linear-Gaussian log): the oracle, reported but never picked as a learned family."""
         from seqsense.models import get_model_class
 
         cls, _ = get_model_class(family)
