@@ -102,3 +102,17 @@ def test_bad_consumer_settings_and_unwritable_output_exit_2(runs, tmp_path, caps
     blocker.write_text("x")
     assert main([*args, "--out", str(blocker / "sub")]) == 2  # a folder that cannot be created
     assert "a_file" in capsys.readouterr().err
+
+
+def test_gravity_targets_report_the_inclination_error(tmp_path, capsys):
+    from seqsense.cli import main
+
+    log = generate("imu_motion", tmp_path / "imu.h5", episodes=3, seed=0, duration_s=3.0, knobs={})
+    run = tmp_path / "ekf"
+    assert main(["train", "--model", "ekf", "--data", str(log), "--inputs", "gyro,accel", "--target", "truth/gravity_body",
+                 "--out", str(run), "--set", "fit_epochs=0", "--set", "window=16", "--no-progress"]) == 0
+    assert main(["eval", str(run), "--data", str(log), "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
+    assert "inclination_deg" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    err = summary["models"]["ekf"]["inclination_deg"]
+    assert 0.0 < err < 5.0  # the gravity EKF on a generated IMU log: a few degrees at most

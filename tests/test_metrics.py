@@ -154,3 +154,15 @@ def test_sequence_metrics_flat_dict():
     assert math.isnan(bare["nll"]) and math.isnan(bare["mse_ratio"]) and bare["lag_s"] == 0.0
     with pytest.raises(ValueError, match="field_names"):
         M.sequence_metrics(t, y, y, field_names=["x"])
+
+
+def test_inclination_error_is_the_rms_angle_between_directions():
+    g = np.tile([0.0, 0.0, -1.0], (4, 1))
+    tilt = np.radians(10.0)
+    pred = np.tile([np.sin(tilt), 0.0, -np.cos(tilt)], (4, 1)) * 9.81  # the length does not count
+    assert M.inclination_error_deg(g, pred) == pytest.approx(10.0)
+    pred[1] = g[1]  # one tick exact: RMS of (10, 0, 10, 10) degrees
+    assert M.inclination_error_deg(g, pred) == pytest.approx(math.sqrt(300 / 4))
+    assert M.inclination_error_deg(g, pred, valid=np.array([False, True, False, False])) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="3-D"):
+        M.inclination_error_deg(g[:, :2], pred[:, :2])

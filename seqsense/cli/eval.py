@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         image_format=args.mcap_image_format,
     )
     cols = ["rmse", "nll", "coverage_90", "flicker", "tvr", "lag_s", "tracking.cost", "safety.cost", "intercept.cost", "latency_median_us"]
+    if any("inclination_deg" in row for row in summary["models"].values()):
+        cols.insert(1, "inclination_deg")  # gravity-direction targets: the angle error in degrees
     widths = [max(10, len(c)) + 2 for c in cols]
     print(f"{'model':<28}" + "".join(f"{c:>{w}}" for c, w in zip(cols, widths)))
     for name, row in summary["models"].items():

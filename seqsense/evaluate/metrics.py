@@ -146,6 +146,21 @@ def nees(y_true, y_pred, var, valid=None) -> float:
     return float(np.mean(np.sum(e**2 / v, axis=1))) if e.size else math.nan
 
 
+def inclination_error_deg(y_true, y_pred, valid=None) -> float:
+    """RMS angle in degrees between predicted and true 3-D directions (e.g. gravity in the body
+    frame: the inclination error); each vector is normalized first, so only the direction counts."""
+    yt, yp, m, _ = _prepare(y_true, y_pred, valid)
+    if yt.shape[1] != 3:
+        raise ValueError(f"inclination error needs 3-D directions; got D={yt.shape[1]}.")
+    a, b = yt[m], yp[m]
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    ok = (na > 0) & (nb > 0)
+    if not ok.any():
+        return math.nan
+    cos = np.clip(np.sum(a[ok] * b[ok], axis=1) / (na[ok] * nb[ok]), -1.0, 1.0)
+    return float(np.degrees(np.sqrt(np.mean(np.arccos(cos) ** 2))))
+
+
 # ---- temporal consistency -------------------------------------------------------------------
 
 def flicker(y_true, y_pred, valid=None) -> float:

@@ -17,7 +17,7 @@ import numpy as np
 
 from seqsense.dataset import WindowDataset
 from seqsense.evaluate import consumers as consumer_lib
-from seqsense.evaluate.metrics import sequence_metrics
+from seqsense.evaluate.metrics import inclination_error_deg, sequence_metrics
 from seqsense.log.format import NS_PER_S
 
 TARGET_KEYS = ("target", "target_valid")
@@ -151,8 +151,15 @@ def score_episode(rep: Replay, dataset: WindowDataset, k: int, consumer_override
     y_ref = _stream_at(episode, optimal, rep.t_s) if optimal else None
     fields = dataset.index(k).streams[target].fields
     row = sequence_metrics(rep.t_s, rep.y_true, rep.mean, rep.var, y_ref=y_ref, field_names=fields, **kwargs)
+    if is_direction_target(target, rep.y_true):
+        row["inclination_deg"] = inclination_error_deg(rep.y_true, rep.mean, rep.valid)
     row.update(consumer_summaries(rep, dataset, k, consumer_overrides))
     return {"file": rep.file, "episode": rep.episode, **row}
+
+
+def is_direction_target(target: str, y_true: np.ndarray) -> bool:
+    """Whether a target is a 3-D direction scored by its inclination error (a gravity-direction stream)."""
+    return "gravity" in target.split("/")[-1] and y_true.ndim == 2 and y_true.shape[1] == 3
 
 
 def consumer_summaries(rep: Replay, dataset: WindowDataset, k: int, consumer_overrides: dict | None = None,
