@@ -145,3 +145,8 @@ def test_ray_matches_local():
     assert [e is None for _, e in remote] == [e is None for _, e in local]
     assert "ValueError: unit 3 is bad" in remote[3][1]
     assert sum(v for k, v in events if k == "update") == 4
+
+
+def test_unpicklable_units_are_refused_clearly():
+    with pytest.raises(TypeError, match="picklable"):
+        LocalExecutor(jobs=2).map(lambda x, events: x, [(1,), (2,)])

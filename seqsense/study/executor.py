@@ -29,7 +29,6 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import pickle  # only for the IPC pipe to our own spawned workers (what multiprocessing does anyway); nothing is read from disk
 import signal
 import sys
 import threading
@@ -172,7 +171,7 @@ def _worker_main(conn, threads: int | None) -> None:
 
 
 def _serve(conn, threads: int | None) -> None:
-    """Run (index, pickled (fn, task)) messages until None or the pipe closes."""
+    """Run (index, fn, task) messages until None or the pipe closes."""
     # SIGINT from the terminal reaches the whole group; the parent decides what stops and how.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
@@ -186,17 +185,19 @@ def _serve(conn, threads: int | None) -> None:
             message = conn.recv()
         except EOFError:
             return
+        except Exception as e:  # the unit could not be unpickled here (e.g. fn not importable): the parent knows which
+            conn.send(("done", None, None, f"the unit could not be received: {error_text(e)}"))
+            continue
         if message is None:
             return
-        index, payload = message
+        index, fn, task = message
         try:
-            fn, task = pickle.loads(payload)
             outcome = ("done", index, fn(*task, events), None)
         except Exception as e:
             outcome = ("done", index, None, error_text(e))
         try:
             conn.send(outcome)
-        except (pickle.PicklingError, TypeError, AttributeError) as e:
+        except Exception as e:  # the result is not picklable
             conn.send(("done", index, None, f"the unit's result could not be sent back: {error_text(e)}"))
 
 
@@ -252,10 +253,6 @@ class LocalExecutor(Executor):
         return results
 
     def _map_processes(self, fn, tasks, on_event):
-        try:
-            payloads = [pickle.dumps((fn, task)) for task in tasks]
-        except (pickle.PicklingError, TypeError, AttributeError) as e:
-            raise TypeError(f"LocalExecutor: fn and tasks must be picklable (fn a module-level function): {e}") from e
         results: list = [None] * len(tasks)
         todo = deque(range(len(tasks)))
         workers: list[_Worker] = []
@@ -268,7 +265,10 @@ class LocalExecutor(Executor):
                 for w in workers:
                     if w.index is None and todo:
                         w.index = todo.popleft()
-                        w.conn.send((w.index, payloads[w.index]))
+                        try:  # the pipe pickles the unit; a failure leaves nothing half-sent
+                            w.conn.send((w.index, fn, tasks[w.index]))
+                        except Exception as e:
+                            raise TypeError(f"LocalExecutor: fn and tasks must be picklable (fn a module-level function): {e}") from e
                 self._collect(workers, results, on_event)
                 if todo and len(workers) < min(self.jobs, len(todo) + sum(w.index is not None for w in workers)):
                     workers.append(_Worker(self._ctx, self.threads, next(numbers)))  # replaces a dead one
@@ -296,7 +296,7 @@ class LocalExecutor(Executor):
                             on_event(message[1], message[2])
                     else:
                         _, index, value, err = message
-                        results[index] = (value, err)
+                        results[w.index if index is None else index] = (value, err)
                         w.index = None
             except (EOFError, OSError):
                 pass
