@@ -153,6 +153,31 @@ def test_model_streams_like_it_predicts(gp_log, nu):
     np.testing.assert_allclose(on["var"], off["var"], rtol=1e-5)
 
 
+@pytest.mark.parametrize("nu", NUS)
+def test_dense_window_filter_equals_the_recursion(gp_log, nu):
+    """Training windows filter densely (one Cholesky per window); outputs and gradients equal the Kalman recursion's."""
+    path, _ = gp_log
+    model, ds = build("gp", path, window=16, hidden=16, nu=nu)
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(3, 24, 2, dtype=torch.float64, generator=gen)
+    r = torch.rand(3, 24, 2, dtype=torch.float64, generator=gen) * 0.5 + 1e-3
+    dt = torch.rand(3, 24, generator=gen) * 0.2
+    dt[1, 5] = 0.0  # two ticks at the same time
+    outs = []
+    for fn in (model._filter_dense, model._filter_recursive):
+        model.zero_grad()
+        out = fn(z, r, dt)
+        (out["mean"].square().sum() + out["var"].log().sum()).backward()
+        grads = [p.grad.clone() for p in model.hyperparameters()]
+        outs.append((out["mean"].detach(), out["var"].detach(), grads))
+    (m1, v1, g1), (m2, v2, g2) = outs
+    torch.testing.assert_close(m1, m2, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(v1, v2, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert model._filter(z, r, dt)["mean"].shape == (3, 24, 2)
+
+
 def test_training_lowers_the_filtering_loss(gp_log):
     path, _ = gp_log
     model, ds = build("gp", path, window=16, hidden=16, extra_steps=10)
