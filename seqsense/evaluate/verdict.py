@@ -55,6 +55,13 @@ def _cost_table(costs: Mapping[str, Sequence]) -> tuple[list[str], np.ndarray]:
     return names, np.stack(arrays)
 
 
+def _counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """How often each of 0..n-1 occurs in each row of idx (R, m) -> (R, n) float64."""
+    out = np.zeros((idx.shape[0], n))
+    np.add.at(out, (np.arange(idx.shape[0])[:, None], idx), 1.0)
+    return out
+
+
 def _gap(ml: float, tmp: float) -> float:
     top = max(ml, tmp)
     return 0.0 if top == 0 else (ml - tmp) / top
@@ -135,11 +142,15 @@ def paired_gain(base: Mapping[str, Sequence], treated: Mapping[str, Sequence], p
     best = int(np.argmin(mp))
     rng = np.random.default_rng(seed)
     _, s, e = b.shape
-    reps = np.empty(n_boot)
-    for r in range(n_boot):
-        si, ei = rng.integers(0, s, s), rng.integers(0, e, e)
-        k = int(np.argmin(p[:, si][:, :, ei].mean(axis=(1, 2))))
-        reps[r] = _gap(b[k][si][:, ei].mean(), t[k][si][:, ei].mean())
+    # each replicate resamples seeds and episodes with replacement; its mean over the resampled grid is
+    # Σ count(seed) · count(episode) · cost / (S·E), so all replicates are two matrix products
+    cs = _counts(rng.integers(0, s, (n_boot, s)), s)  # (R, S)
+    ce = _counts(rng.integers(0, e, (n_boot, e)), e)  # (R, E)
+    rep_mean = lambda x: np.einsum("rs,fse,re->rf", cs, x, ce) / (s * e)  # noqa: E731  (R, F)
+    k = np.argmin(rep_mean(p), axis=1)
+    rb, rt = (np.take_along_axis(rep_mean(x), k[:, None], 1)[:, 0] for x in (b, t))
+    top = np.maximum(rb, rt)
+    reps = np.divide(rb - rt, top, out=np.zeros_like(top), where=top != 0)
     alpha = 0.5 * (1.0 - level)
     lo, hi = (float(q) for q in np.quantile(reps, [alpha, 1.0 - alpha]))
     verdict = positive if lo > margin else FRAME_INDEPENDENT if hi < margin else INCONCLUSIVE
