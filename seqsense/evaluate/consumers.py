@@ -59,14 +59,40 @@ def run(consumer: "Consumer", t_s, pred_mean, truth, pred_var=None) -> dict[str,
     tru = np.asarray(truth, dtype=np.float64).reshape(t.size, -1)
     var = None if pred_var is None else np.asarray(pred_var, dtype=np.float64).reshape(t.size, -1)
     consumer.reset()
-    for i in range(t.size):
-        consumer.step(t[i], mean[i], None if var is None else var[i], tru[i])
+    if hasattr(consumer, "run_sequence"):  # the same arithmetic as the step loop, without per-tick numpy calls
+        consumer.run_sequence(t, mean, var, tru)
+    else:
+        for i in range(t.size):
+            consumer.step(t[i], mean[i], None if var is None else var[i], tru[i])
     return consumer.summary()
 
 
 def _check(owner: str, name: str, value, ok: bool, valid: str) -> None:
     if not ok:
         raise ConfigError(f"{owner}: {name}={value!r} is out of range; valid: {valid}.")
+
+
+def _fields_2d(x: np.ndarray, fields: tuple[int, ...] | None) -> np.ndarray:
+    """(T, D) float64 rows, restricted to `fields` (None = all)."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    return x if fields is None else x[:, list(fields)]
+
+
+def _sum(xs: list[float]) -> float:
+    """Σ xs in numpy's order (a plain running sum below 8 terms, numpy's pairwise sum from 8)."""
+    return float(np.sum(xs)) if len(xs) >= 8 else _seq_sum(xs)
+
+
+def _seq_sum(xs: list[float]) -> float:
+    total = 0.0
+    for x in xs:
+        total += x
+    return total
+
+
+def _mean(xs: list[float]) -> float:
+    """np.mean of a short row, as plain floats."""
+    return _sum(xs) / len(xs)
 
 
 def _fields(x: np.ndarray, fields: tuple[int, ...] | None) -> np.ndarray:
@@ -183,6 +209,56 @@ class TrackingController(Consumer):
         self._n_u += 1
         self._u2.append(float(np.mean(u**2)))
         self._u, self._e = u, e
+
+    def run_sequence(self, t: np.ndarray, mean: np.ndarray, var, truth: np.ndarray) -> None:
+        """`step` over a whole sequence (T,), (T, D) from reset, in plain floats per field: the same
+        operations in the same order as the step loop (so the same summary), ~20x faster."""
+        cfg = self.config
+        r_all, y_all = _fields_2d(mean, cfg.fields), _fields_2d(truth, cfg.fields)
+        r_ok, y_ok = np.isfinite(r_all).all(1).tolist(), np.isfinite(y_all).all(1).tolist()
+        ts, rs, ys = t.tolist(), r_all.tolist(), y_all.tolist()
+        kp, kd, lim, c, m = cfg.kp, cfg.kd, cfg.force_limit, cfg.damping, cfg.mass_kg
+        a = c / m
+        d = r_all.shape[1]
+        x = v = u = e = None
+        t_prev = None
+        err2, u2, tv, n_sat, n_u = self._err2, self._u2, 0.0, 0, 0
+        for i, t_s in enumerate(ts):
+            r, y = rs[i], ys[i]
+            if x is None:
+                start = y if y_ok[i] else r
+                x, v, u = list(start), [0.0] * d, [0.0] * d
+                self._t0, dt = t_s, 0.0
+            else:
+                dt = t_s - t_prev
+                if dt < 0:
+                    raise ValueError(f"tracking controller: time went backwards (t={t_s} s after {t_prev} s).")
+                if c == 0:
+                    x = [x[j] + v[j] * dt + 0.5 * u[j] / m * dt**2 for j in range(d)]
+                    v = [v[j] + u[j] / m * dt for j in range(d)]
+                else:
+                    decay = math.exp(-a * dt)
+                    v_inf = [uj / c for uj in u]
+                    x = [x[j] + v_inf[j] * dt + (v[j] - v_inf[j]) * (1.0 - decay) / a for j in range(d)]
+                    v = [v_inf[j] + (v[j] - v_inf[j]) * decay for j in range(d)]
+            t_prev = t_s
+            if y_ok[i]:
+                err2.append(_mean([(x[j] - y[j]) ** 2 for j in range(d)]))
+            if not r_ok[i]:
+                continue
+            e_new = [r[j] - x[j] for j in range(d)]
+            de = [(e_new[j] - e[j]) / dt for j in range(d)] if e is not None and dt > 0 else [0.0] * d
+            u_new = [min(max(kp * e_new[j] + kd * de[j], -lim), lim) for j in range(d)]
+            if n_u:
+                tv += _sum([abs(u_new[j] - u[j]) for j in range(d)])
+            n_sat += sum(abs(uj) >= lim for uj in u_new)
+            n_u += 1
+            u2.append(_mean([uj**2 for uj in u_new]))
+            u, e = u_new, e_new
+        self._t = t_prev
+        self._x, self._v = (None, None) if x is None else (np.asarray(x), np.asarray(v))
+        self._u, self._e = (None if u is None else np.asarray(u)), (None if e is None else np.asarray(e))
+        self._tv, self._n_sat, self._n_u = tv, n_sat, n_u
 
     def summary(self) -> dict[str, float]:
         duration = (self._t - self._t0) if self._t is not None else 0.0
