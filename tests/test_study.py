@@ -268,3 +268,37 @@ def test_ray_executor_gives_the_numbers_of_the_local_run(tmp_path):
     local, ray = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("local", "ray"))
     assert ray["cells"]["lg"]["status"] == "done"
     assert _numbers(ray) == _numbers(local)
+
+
+def test_study_on_recorded_logs(tmp_path, capsys):
+    """`seqsense study --data` splits the logs' episodes by episode (seeded, disjoint, complete) and runs the
+    same controlled comparison on them; bad logs, streams and too few episodes exit 2 naming what is wrong."""
+    import h5py
+
+    from seqsense.scenarios import generate
+
+    log = tmp_path / "rec.h5"
+    generate("linear_gaussian", log, episodes=5, seed=7, duration_s=3.0, knobs={})
+    out = tmp_path / "out"
+    args = ["study", "--data", str(log), "--inputs", "measurement", "--target", "truth/position", "--no-progress", "--jobs", "1",
+            "--set", "steps=20", "--set", "families=framewise,rnn", "--set", "n_boot=100", "--out", str(out)]
+    assert main(args) in (0, 1)
+    res = json.loads((out / "results.json").read_text())
+    cell = res["cells"]["recorded"]
+    assert cell["status"] == "done" and cell["scenario"] == "recorded" and cell["episodes"] == {"train": 3, "test": 2}
+    assert cell["need"]["tracking"]["memory"]["family"] == "rnn"  # the only family with a twin
+    split = [set(h5py.File(out / "cells" / "recorded" / "seed0" / f"{s}.h5", "r")["episodes"]) for s in ("train", "test")]
+    assert not split[0] & split[1] and split[0] | split[1] == set(h5py.File(log, "r")["episodes"])
+    assert "recorded · rec.h5" in (out / "summary.md").read_text()
+
+    bad = ["study", "--inputs", "measurement", "--out", str(tmp_path / "o2"), "--no-progress"]
+    assert main([*bad, "--data", str(log), "--target", "truth/nope"]) == 2
+    err = capsys.readouterr().err
+    assert "rec.h5" in err and "episode" in err and "truth/nope" in err
+    assert main([*bad, "--data", str(tmp_path / "missing.h5"), "--target", "truth/position"]) == 2
+    assert "missing.h5" in capsys.readouterr().err
+    small = tmp_path / "small.h5"
+    generate("linear_gaussian", small, episodes=2, seed=7, duration_s=2.0, knobs={})
+    assert main([*bad, "--data", str(small), "--target", "truth/position"]) == 2
+    assert "every=S" in capsys.readouterr().err
+    assert main(["study", "--data", str(log), "--out", str(tmp_path / "o3")]) == 2  # no --inputs/--target

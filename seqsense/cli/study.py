@@ -14,6 +14,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     size.add_argument("--quick", action="store_true", help="the quick default: small frames, one seed (minutes on a laptop CPU)")
     size.add_argument("--full", action="store_true", help="the whole sweep with more seeds and larger budgets")
     p.add_argument("--recipe", metavar="NAME_OR_PATH", help="a recipe name in datasets/recipes/ or a recipe file (overrides --quick/--full's)")
+    p.add_argument("--data", nargs="+", metavar="LOG", help="run the study on recorded logs instead of a recipe: their episodes are "
+                   "split by episode into train and test (needs --inputs and --target; no oracle, no controls)")
+    p.add_argument("--inputs", nargs="+", metavar="STREAM", help="with --data: the input streams")
+    p.add_argument("--target", metavar="STREAM", help="with --data: the target stream (e.g. truth/gravity_body)")
+    p.add_argument("--test-fraction", type=float, default=0.3, metavar="F", help="with --data: share of episodes held out for testing (default 0.3)")
+    p.add_argument("--name", default="recorded", metavar="NAME", help="with --data: the cell's name in the report (default: recorded)")
     p.add_argument("--out", default="study_out", metavar="DIR", help="output folder (default: study_out); reused to resume")
     p.add_argument("--seed", type=int, action="append", metavar="S", help="seed(s) to run (repeatable); default 0, or 0 1 2 with --full")
     p.add_argument("--jobs", type=int, default=0, metavar="N", help="cells run in N parallel processes, one CPU thread each (default: one per core)")
@@ -40,6 +46,14 @@ def run(args: argparse.Namespace) -> int:
     for key in ("recipe", "seeds"):
         if key in overrides:
             raise ConfigError(f"--set {key}=... is not a study setting here; use --recipe / --seed.")
+    if args.data:
+        if args.recipe:
+            raise ConfigError("--data and --recipe exclude each other: --data makes a one-cell recipe of the logs.")
+        if not args.inputs or not args.target:
+            raise ConfigError("--data needs --inputs STREAM... and --target STREAM.")
+        overrides["recipe"] = str(data_recipe(args))
+    elif args.inputs or args.target:
+        raise ConfigError("--inputs and --target apply to --data only (a recipe names each cell's own).")
     if args.recipe:
         overrides["recipe"] = args.recipe
     if args.seed:
@@ -55,3 +69,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"  claim {claim['id']}: {claim['verdict']:<12} {claim['claim']}")
     print(f"report: {args.out}/index.html  (also summary.md, results.json)")
     return 0 if n_done == len(results["cells"]) else 1
+
+
+def data_recipe(args: argparse.Namespace):
+    """A one-cell recipe of the recorded logs, validated, written to OUT/recipe.json (atomically) and returned."""
+    from pathlib import Path
+
+    from seqsense.fileio import write_json_atomic
+    from seqsense.scenarios.recipes import validate_data_cell
+
+    cell = {"name": args.name, "logs": [str(Path(p).resolve()) for p in args.data], "inputs": list(args.inputs),
+            "target": args.target, "test_fraction": args.test_fraction}
+    validate_data_cell(cell, where="--data")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "recipe.json"
+    write_json_atomic(path, {"name": args.name, "description": "recorded logs given to seqsense study --data", "seed": 0, "cells": [cell]})
+    return path

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any, Iterable
 
 DASH = "–"
@@ -205,6 +206,9 @@ def model_names(results: dict) -> list[str]:
 
 def setting(cell: dict) -> str:
     """The scenario and its swept knobs in short: 'tracking · pixel_noise=0.25'."""
+    if cell.get("logs"):  # a cell on recorded logs
+        names = ", ".join(Path(str(x)).name for x in cell["logs"])
+        return f"recorded · {names}"
     swept = cell.get("swept") if isinstance(cell.get("swept"), dict) else {}
     knobs = ", ".join(f"{k}={short_value(v)}" for k, v in swept.items())
     return f"{text(cell.get('scenario'))} · {knobs}" if knobs else f"{text(cell.get('scenario'))} (defaults)"

@@ -24,6 +24,10 @@ RECIPE_DIR = Path(__file__).resolve().parents[2] / "datasets" / "recipes"
 CELL_KEYS = {"name", "scenario", "knobs", "episodes", "duration_s", "target", "inputs", "seed", "encoder_target", "control", "experiment"}
 CONTROLS = ("negative", "positive")
 REQUIRED_CELL_KEYS = ("name", "scenario", "episodes", "duration_s")
+# a cell on recorded logs: its episodes are split into train and test (by episode, seeded); no oracle
+DATA_CELL_KEYS = {"name", "logs", "target", "inputs", "test_fraction", "seed", "encoder_target", "experiment"}
+REQUIRED_DATA_CELL_KEYS = ("name", "logs", "target", "inputs")
+MIN_DATA_EPISODES = 3  # one to train, one to validate, one to test
 
 
 def recipe_names() -> list[str]:
@@ -56,12 +60,74 @@ def load_recipe(name_or_path: str | os.PathLike) -> list[dict]:
     default_seed = doc.get("seed", 0)
     cells, seen = [], set()
     for i, raw in enumerate(doc["cells"]):
-        cell = validate_cell(raw, default_seed, where=f"recipe '{path.name}' cell {i}")
+        where = f"recipe '{path.name}' cell {i}"
+        if isinstance(raw, dict) and "logs" in raw:
+            cell = validate_data_cell(raw, default_seed, where=where, base=path.parent)
+        else:
+            cell = validate_cell(raw, default_seed, where=where)
         if cell["name"] in seen:
             raise ConfigError(f"recipe '{path.name}': cell name {cell['name']!r} appears twice.")
         seen.add(cell["name"])
         cells.append(cell)
     return cells
+
+
+def validate_data_cell(raw: dict, default_seed: int = 0, where: str = "cell", base: Path | None = None) -> dict:
+    """A cell on recorded logs checked and completed: every log opens, every episode has the target and
+    the inputs, and there are enough episodes to split (paths relative to the recipe's folder)."""
+    from seqsense.log import open_log
+
+    unknown = set(raw) - DATA_CELL_KEYS
+    missing = [k for k in REQUIRED_DATA_CELL_KEYS if k not in raw]
+    if unknown or missing:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)} / missing keys {missing}; a cell on recorded logs "
+                          f"takes {sorted(DATA_CELL_KEYS)}.")
+    where = f"{where} ({raw['name']!r})"
+    logs, inputs, target = raw["logs"], raw["inputs"], raw["target"]
+    if not isinstance(logs, list) or not logs or not all(isinstance(x, str) for x in logs):
+        raise ConfigError(f"{where}: logs must be a non-empty list of log paths, got {logs!r}.")
+    if not isinstance(inputs, list) or not inputs or any(not isinstance(x, str) or x.split("/")[0] in ("truth", "optimal") for x in inputs):
+        raise ConfigError(f"{where}: inputs {inputs!r} must be a non-empty list of sensor streams.")
+    encoder_target = raw.get("encoder_target", target)
+    fraction = raw.get("test_fraction", 0.3)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ConfigError(f"{where}: test_fraction={fraction!r} must be a number in (0, 1).")
+    paths, n = [], 0
+    for x in logs:
+        p = Path(x) if Path(x).is_absolute() or base is None else base / x
+        if not p.exists():
+            raise ConfigError(f"{where}: log '{p}' does not exist.")
+        log = open_log(p)  # a clear error for a directory or a file that is not a seqsense log
+        try:
+            for ep in log.episodes():
+                for s in [target, encoder_target, *inputs]:
+                    if not ep.has_stream(s):
+                        raise ConfigError(f"{where}: log '{p}' episode {ep.name!r} has no stream {s!r}; streams: {ep.stream_names}.")
+                n += 1
+        finally:
+            log.close()
+        paths.append(str(p.resolve()))
+    if n < MIN_DATA_EPISODES:
+        raise ConfigError(f"{where}: the logs hold {n} episode(s); a study needs at least {MIN_DATA_EPISODES} "
+                          "(train, validation, test). Cut long recordings into pieces on import (--episode every=S).")
+    if not isinstance(raw.get("experiment", False), bool):
+        raise ConfigError(f"{where}: experiment must be true or false, got {raw['experiment']!r}.")
+    return {
+        "name": str(raw["name"]),
+        "scenario": None,
+        "logs": paths,
+        "knobs": {},
+        "episodes": n,
+        "duration_s": None,
+        "target": target,
+        "inputs": list(inputs),
+        "seed": int(raw.get("seed", default_seed)),
+        "encoder_target": encoder_target,
+        "control": None,
+        "experiment": bool(raw.get("experiment", False)),
+        "test_fraction": float(fraction),
+        "optimal": None,
+    }
 
 
 def validate_cell(raw: dict, default_seed: int = 0, where: str = "cell") -> dict:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -87,6 +88,8 @@ class CellRun:
         from seqsense.scenarios import generate
 
         cell, base = self.cell, int(self.cell.get("seed", 0)) + 1000 * self.seed
+        if cell.get("logs"):
+            return self.split_recorded(base)
         paths = []
         for split, episodes, s in (("train", cell["episodes"], base), ("test", self.config.test_episodes, base + 500)):
             path = self.dir / f"{split}.h5"
@@ -94,6 +97,22 @@ class CellRun:
                 generate(cell["scenario"], path, episodes=episodes, seed=s, duration_s=cell["duration_s"], knobs=cell["knobs"])
             paths.append(path)
         return paths[0], paths[1]
+
+    def split_recorded(self, seed: int) -> tuple[Path, Path]:
+        """(train log, test log) of a cell on recorded logs: its episodes split by episode with a fixed seed
+        (`test_fraction` of them to test), copied whole (streams, attributes, provenance), once."""
+        from seqsense.dataset import episode_refs, split_episodes
+
+        paths = (self.dir / "train.h5", self.dir / "test.h5")
+        if all(p.exists() for p in paths):
+            return paths
+        train, test = split_episodes(episode_refs(self.cell["logs"]), self.cell["test_fraction"], seed)
+        if len(train) < 2:
+            raise ConfigError(f"cell {self.cell['name']!r}: {len(train)} training episode(s) after holding out {len(test)} "
+                              "for testing; training needs two (one validates). Add episodes or lower test_fraction.")
+        for dest, refs in zip(paths, (train, test)):
+            copy_episodes(refs, dest)
+        return paths
 
     def model_logs(self, train_log: Path, test_log: Path) -> tuple[Path, Path, dict | None]:
         """The logs the families train and are tested on: the feature logs of camera cells, else the raw ones."""
@@ -247,6 +266,29 @@ class CellRun:
 
         _, val = split_episodes(episode_refs([train_log]), model_config.val_fraction, self.seed)
         return val
+
+
+def copy_episodes(refs: list[tuple[str, str]], dest: Path) -> None:
+    """Write the (file, episode) pairs into one log at `dest` (temp file + rename): root attributes from the
+    first file, each episode group copied whole, renamed `<file stem>_<episode>` where names repeat."""
+    import h5py
+
+    from seqsense.log.format import EPISODES_GROUP
+
+    names = [e for _, e in refs]
+    tmp = dest.with_name(dest.name + ".tmp")
+    try:
+        with h5py.File(tmp, "w") as out:
+            group = out.create_group(EPISODES_GROUP)
+            for i, (f, e) in enumerate(refs):
+                with h5py.File(f, "r") as src:
+                    if i == 0:
+                        out.attrs.update(dict(src.attrs))
+                    name = e if names.count(e) == 1 else f"{Path(f).stem}_{e}"
+                    src.copy(src[EPISODES_GROUP][e], group, name=name)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _target_var(dataset) -> float | None:

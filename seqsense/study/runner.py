@@ -94,16 +94,18 @@ class Study:
         cells_out, controls = {}, {}
         for cell in self.cells:
             name = cell["name"]
-            defaults = resolve_knobs(get_scenario(cell["scenario"]), {})
+            recorded = bool(cell.get("logs"))
+            defaults = {} if recorded else resolve_knobs(get_scenario(cell["scenario"]), {})
             entry = {
-                "scenario": cell["scenario"],
+                "scenario": "recorded" if recorded else cell["scenario"],
                 "knobs": cell["knobs"],
                 "swept": {k: v for k, v in cell["knobs"].items() if defaults.get(k) != v and k != "image_size"},
+                **({"logs": list(cell["logs"]), "test_fraction": cell["test_fraction"]} if recorded else {}),
                 "target": cell["target"],
                 "inputs": list(cell["inputs"]),
-                "role": cell.get("control", "experiment" if cell.get("experiment") else "cell"),
+                "role": cell.get("control") or ("experiment" if cell.get("experiment") else "cell"),
                 "seeds": list(c.seeds),
-                "episodes": {"train": cell["episodes"], "test": c.test_episodes},
+                "episodes": _recorded_split(cell) if recorded else {"train": cell["episodes"], "test": c.test_episodes},
                 "status": errors.get(name, "done"),
             }
             results = per_cell.get(name, [])
@@ -131,6 +133,14 @@ class Study:
         }
         out["claims"] = assess_claims(out)
         return out
+
+
+def _recorded_split(cell: dict) -> dict:
+    """Train/test episode counts of a cell on recorded logs (the split's sizes depend only on the count)."""
+    from seqsense.dataset import split_episodes
+
+    train, test = split_episodes([("", str(i)) for i in range(cell["episodes"])], cell["test_fraction"], 0)
+    return {"train": len(train), "test": len(test)}
 
 
 def run_unit(config: dict, out_dir: str, cell: dict, seed: int, families: list[str], events=None) -> dict:
