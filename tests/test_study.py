@@ -302,3 +302,13 @@ def test_study_on_recorded_logs(tmp_path, capsys):
     assert main([*bad, "--data", str(small), "--target", "truth/position"]) == 2
     assert "every=S" in capsys.readouterr().err
     assert main(["study", "--data", str(log), "--out", str(tmp_path / "o3")]) == 2  # no --inputs/--target
+
+    # a fixed split: train on one recording, test on another
+    fixed = ["study", "--data", str(log), "--test-data", str(small), "--inputs", "measurement", "--target", "truth/position",
+             "--no-progress", "--jobs", "1", "--set", "steps=10", "--set", "families=framewise,rnn", "--set", "n_boot=50",
+             "--out", str(tmp_path / "fixed")]
+    assert main(fixed) in (0, 1)
+    cell = json.loads((tmp_path / "fixed" / "results.json").read_text())["cells"]["recorded"]
+    assert cell["status"] == "done" and cell["episodes"] == {"train": 5, "test": 2}
+    test_eps = set(h5py.File(tmp_path / "fixed" / "cells" / "recorded" / "seed0" / "test.h5", "r")["episodes"])
+    assert len(test_eps) == 2 and "→ tested on small.h5" in (tmp_path / "fixed" / "summary.md").read_text()

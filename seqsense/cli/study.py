@@ -16,6 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", metavar="NAME_OR_PATH", help="a recipe name in datasets/recipes/ or a recipe file (overrides --quick/--full's)")
     p.add_argument("--data", nargs="+", metavar="LOG", help="run the study on recorded logs instead of a recipe: their episodes are "
                    "split by episode into train and test (needs --inputs and --target; no oracle, no controls)")
+    p.add_argument("--test-data", nargs="+", metavar="LOG", help="with --data: test on these logs' episodes instead of a split "
+                   "(e.g. train on one recording, test on another)")
     p.add_argument("--inputs", nargs="+", metavar="STREAM", help="with --data: the input streams")
     p.add_argument("--target", metavar="STREAM", help="with --data: the target stream (e.g. truth/gravity_body)")
     p.add_argument("--test-fraction", type=float, default=0.3, metavar="F", help="with --data: share of episodes held out for testing (default 0.3)")
@@ -52,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.inputs or not args.target:
             raise ConfigError("--data needs --inputs STREAM... and --target STREAM.")
         overrides["recipe"] = str(data_recipe(args))
-    elif args.inputs or args.target:
-        raise ConfigError("--inputs and --target apply to --data only (a recipe names each cell's own).")
+    elif args.inputs or args.target or args.test_data:
+        raise ConfigError("--inputs, --target and --test-data apply to --data only (a recipe names each cell's own).")
     if args.recipe:
         overrides["recipe"] = args.recipe
     if args.seed:
@@ -79,7 +81,8 @@ def data_recipe(args: argparse.Namespace):
     from seqsense.scenarios.recipes import validate_data_cell
 
     cell = {"name": args.name, "logs": [str(Path(p).resolve()) for p in args.data], "inputs": list(args.inputs),
-            "target": args.target, "test_fraction": args.test_fraction}
+            "target": args.target, "test_fraction": args.test_fraction,
+            "test_logs": [str(Path(p).resolve()) for p in args.test_data or []]}
     validate_data_cell(cell, where="--data")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

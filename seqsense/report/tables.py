@@ -208,7 +208,8 @@ def setting(cell: dict) -> str:
     """The scenario and its swept knobs in short: 'tracking · pixel_noise=0.25'."""
     if cell.get("logs"):  # a cell on recorded logs
         names = ", ".join(Path(str(x)).name for x in cell["logs"])
-        return f"recorded · {names}"
+        tests = ", ".join(Path(str(x)).name for x in cell.get("test_logs") or [])
+        return f"recorded · {names}" + (f" → tested on {tests}" if tests else "")
     swept = cell.get("swept") if isinstance(cell.get("swept"), dict) else {}
     knobs = ", ".join(f"{k}={short_value(v)}" for k, v in swept.items())
     return f"{text(cell.get('scenario'))} · {knobs}" if knobs else f"{text(cell.get('scenario'))} (defaults)"

@@ -25,7 +25,7 @@ CELL_KEYS = {"name", "scenario", "knobs", "episodes", "duration_s", "target", "i
 CONTROLS = ("negative", "positive")
 REQUIRED_CELL_KEYS = ("name", "scenario", "episodes", "duration_s")
 # a cell on recorded logs: its episodes are split into train and test (by episode, seeded); no oracle
-DATA_CELL_KEYS = {"name", "logs", "target", "inputs", "test_fraction", "seed", "encoder_target", "experiment"}
+DATA_CELL_KEYS = {"name", "logs", "test_logs", "target", "inputs", "test_fraction", "seed", "encoder_target", "experiment"}
 REQUIRED_DATA_CELL_KEYS = ("name", "logs", "target", "inputs")
 MIN_DATA_EPISODES = 3  # one to train, one to validate, one to test
 
@@ -92,32 +92,45 @@ def validate_data_cell(raw: dict, default_seed: int = 0, where: str = "cell", ba
     fraction = raw.get("test_fraction", 0.3)
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
         raise ConfigError(f"{where}: test_fraction={fraction!r} must be a number in (0, 1).")
-    paths, n = [], 0
-    for x in logs:
-        p = Path(x) if Path(x).is_absolute() or base is None else base / x
-        if not p.exists():
-            raise ConfigError(f"{where}: log '{p}' does not exist.")
-        log = open_log(p)  # a clear error for a directory or a file that is not a seqsense log
-        try:
-            for ep in log.episodes():
-                for s in [target, encoder_target, *inputs]:
-                    if not ep.has_stream(s):
-                        raise ConfigError(f"{where}: log '{p}' episode {ep.name!r} has no stream {s!r}; streams: {ep.stream_names}.")
-                n += 1
-        finally:
-            log.close()
-        paths.append(str(p.resolve()))
-    if n < MIN_DATA_EPISODES:
-        raise ConfigError(f"{where}: the logs hold {n} episode(s); a study needs at least {MIN_DATA_EPISODES} "
-                          "(train, validation, test). Cut long recordings into pieces on import (--episode every=S).")
+    test_logs = raw.get("test_logs", [])
+    if not isinstance(test_logs, list) or not all(isinstance(x, str) for x in test_logs):
+        raise ConfigError(f"{where}: test_logs must be a list of log paths, got {test_logs!r}.")
+
+    def checked(group: list[str]) -> tuple[list[str], int]:
+        paths, n = [], 0
+        for x in group:
+            p = Path(x) if Path(x).is_absolute() or base is None else base / x
+            if not p.exists():
+                raise ConfigError(f"{where}: log '{p}' does not exist.")
+            log = open_log(p)  # a clear error for a directory or a file that is not a seqsense log
+            try:
+                for ep in log.episodes():
+                    for s in [target, encoder_target, *inputs]:
+                        if not ep.has_stream(s):
+                            raise ConfigError(f"{where}: log '{p}' episode {ep.name!r} has no stream {s!r}; streams: {ep.stream_names}.")
+                    n += 1
+            finally:
+                log.close()
+            paths.append(str(p.resolve()))
+        return paths, n
+
+    paths, n = checked(logs)
+    test_paths, n_test = checked(test_logs)
+    need = MIN_DATA_EPISODES - (1 if test_paths else 0)  # with test logs, the logs only train and validate
+    if n < need:
+        raise ConfigError(f"{where}: the logs hold {n} episode(s); a study needs at least {need} "
+                          f"({'train, validation' if test_paths else 'train, validation, test'}). "
+                          "Cut long recordings into pieces on import (--episode every=S).")
     if not isinstance(raw.get("experiment", False), bool):
         raise ConfigError(f"{where}: experiment must be true or false, got {raw['experiment']!r}.")
     return {
         "name": str(raw["name"]),
         "scenario": None,
         "logs": paths,
+        "test_logs": test_paths,
         "knobs": {},
-        "episodes": n,
+        "episodes": n + n_test,
+        "test_episodes": n_test,
         "duration_s": None,
         "target": target,
         "inputs": list(inputs),

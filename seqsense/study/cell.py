@@ -100,13 +100,17 @@ class CellRun:
 
     def split_recorded(self, seed: int) -> tuple[Path, Path]:
         """(train log, test log) of a cell on recorded logs: its episodes split by episode with a fixed seed
-        (`test_fraction` of them to test), copied whole (streams, attributes, provenance), once."""
+        (`test_fraction` of them to test) or, with `test_logs`, those logs' episodes to test; copied whole
+        (streams, attributes, provenance), once."""
         from seqsense.dataset import episode_refs, split_episodes
 
         paths = (self.dir / "train.h5", self.dir / "test.h5")
         if all(p.exists() for p in paths):
             return paths
-        train, test = split_episodes(episode_refs(self.cell["logs"]), self.cell["test_fraction"], seed)
+        if self.cell.get("test_logs"):  # a fixed split: e.g. train on one recording, test on another
+            train, test = episode_refs(self.cell["logs"]), episode_refs(self.cell["test_logs"])
+        else:
+            train, test = split_episodes(episode_refs(self.cell["logs"]), self.cell["test_fraction"], seed)
         if len(train) < 2:
             raise ConfigError(f"cell {self.cell['name']!r}: {len(train)} training episode(s) after holding out {len(test)} "
                               "for testing; training needs two (one validates). Add episodes or lower test_fraction.")

@@ -100,7 +100,8 @@ class Study:
                 "scenario": "recorded" if recorded else cell["scenario"],
                 "knobs": cell["knobs"],
                 "swept": {k: v for k, v in cell["knobs"].items() if defaults.get(k) != v and k != "image_size"},
-                **({"logs": list(cell["logs"]), "test_fraction": cell["test_fraction"]} if recorded else {}),
+                **({"logs": list(cell["logs"]), "test_logs": list(cell.get("test_logs", [])), "test_fraction": cell["test_fraction"]}
+                   if recorded else {}),
                 "target": cell["target"],
                 "inputs": list(cell["inputs"]),
                 "role": cell.get("control") or ("experiment" if cell.get("experiment") else "cell"),
@@ -139,6 +140,8 @@ def _recorded_split(cell: dict) -> dict:
     """Train/test episode counts of a cell on recorded logs (the split's sizes depend only on the count)."""
     from seqsense.dataset import split_episodes
 
+    if cell.get("test_logs"):
+        return {"train": cell["episodes"] - cell["test_episodes"], "test": cell["test_episodes"]}
     train, test = split_episodes([("", str(i)) for i in range(cell["episodes"])], cell["test_fraction"], 0)
     return {"train": len(train), "test": len(test)}
 
