@@ -20,6 +20,7 @@ SUBCOMMANDS = [
     ("generate", "generate", "generate scenario logs with ground truth"),
     ("import", "import_", "convert recorded logs (rosbag1/2, MCAP, PX4 ULog, image datasets, video+CSV, tables, HDF5) to a seqsense log"),
     ("inspect", "inspect", "summarize logs; --validate reports every problem"),
+    ("derive", "derive", "add derived targets (gravity direction, roll/pitch, velocity, yaw rate) to a log"),
     ("train", "train", "train a model family on logs"),
     ("eval", "eval", "replay held-out logs through trained predictors and score them"),
     ("study", "study", "run the temporal-modeling study and write a report"),

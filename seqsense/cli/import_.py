@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episode", default=None, metavar="per-file|gap=S|every=S",
                    help="one episode per input (default); gap=SECONDS starts a new one after every receive-time "
                         "gap longer than SECONDS; every=SECONDS cuts episodes of SECONDS each (bags, ULog, "
-                        "dataset and image folders, tables)")
+                        "dataset and image folders, tables, generic HDF5 files)")
     p.add_argument("--time", choices=["header", "receive"], default=None,
                    help="timestamps from the message header stamp (default) or the bag's receive time")
     p.add_argument("--sort-time", action="store_true", default=None,

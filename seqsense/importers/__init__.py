@@ -16,6 +16,7 @@ from typing import Callable
 
 # One import line per format registers its importer.
 from seqsense.importers import csv_log, euroc, hdf5_generic, image_folder, rosbag, tum_rgbd, ulog, video_csv  # noqa: F401
+from seqsense.derive import derive_episode
 from seqsense.errors import SeqsenseError
 from seqsense.importers.base import IMPORTERS, ImportJob, Importer, detect_format, get_importer, register_importer
 from seqsense.importers.mapping import Mapping, build_mapping, load_mapping, parse_map_arg
@@ -99,6 +100,11 @@ def import_sources(paths: list[str | Path], out: str | Path, mapping: Mapping | 
             gone = " (all of them: the stream is left out)" if key in session.emptied else ""
             notify(f"dropped {n} sample(s) of stream '{key}' holding NaN or Inf (readings the source marks as "
                    f"missing){gone}; only truth/ streams and streams a mapping marks \"allow_nan\": true keep them")
+        for ep in session.writer.episodes.values():  # the mapping's derived streams, from what each episode holds
+            ep.flush()
+            src = [s.get("file") or s.get("path") or s.get("source") for s in session.sources if s.get("episode") == ep.name]
+            where = f"'{src[0]}' episode '{ep.name}'" if src and src[0] else f"'{out}' episode '{ep.name}'"
+            derive_episode(ep, ep.group, mapping.derive, where)
         return session.finish(f"seqsense.importers.{importer.family}", job.provenance)
     except BaseException:
         session.abort()

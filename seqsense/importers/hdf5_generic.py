@@ -9,7 +9,11 @@ Samples are uniformly spaced: the rate comes from a file attribute (`rate_attr`,
                  {"stream": "truth/orientation", "arrays": ["opt_quat"], "allow_nan": true}]}
 
 Without entries, every array whose first axis has the sample count becomes a stream of its name.
-Data is copied in blocks, so files larger than memory import fine.
+Data is copied in blocks, so files larger than memory import fine. A file is one episode, or pieces
+of S seconds from the first sample with `--episode every=S` (a new one after each gap longer than S
+seconds with `gap=S`, which only a `time_array` can hold); the split is `TimedEpisodes`', shared with
+the other array-like sources. The mapping's `"derive"` streams (`seqsense.derive`) are computed on
+each finished episode.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from seqsense.errors import SeqsenseError
 from seqsense.importers.base import ImportJob, Importer, read_head, register_importer
 from seqsense.importers.mapping import Mapping
 from seqsense.importers.messages import Part
-from seqsense.importers.sink import ImportSession, StreamSink
+from seqsense.importers.sink import ImportSession, TimedEpisodes
 from seqsense.log.format import seconds_to_ns
 
 BLOCK_ROWS = 65536
@@ -48,7 +52,8 @@ HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 @register_importer("hdf5")
 class HDF5Importer(Importer):
-    """Arrays of a generic HDF5 file with a sampling rate or a time array; one episode per file."""
+    """Arrays of a generic HDF5 file with a sampling rate or a time array; one episode per file, or
+    several with --episode every=S / gap=S."""
 
     summary = "arrays in a generic HDF5 file (.h5 .hdf5) with a sampling rate or a time array"
 
@@ -62,7 +67,7 @@ class HDF5Importer(Importer):
         return list_arrays(path)
 
     def import_(self, path: Path, session: ImportSession, job: ImportJob) -> None:
-        """Import the mapped arrays as one episode."""
+        """Import the mapped arrays as one episode (or several with --episode every=S / gap=S)."""
         import_hdf5(path, job.mapping, session)
 
 
@@ -137,33 +142,32 @@ def _part(f: h5py.File, path: Path, e: dict) -> Part:
 
 
 def import_hdf5(path: Path, mapping: Mapping, session: ImportSession) -> None:
-    """Import the mapped arrays of one HDF5 file as one episode."""
-    if session.options.episode != "per-file":
-        raise SeqsenseError(f"'{path}': --episode {session.options.episode} does not apply to generic HDF5 "
-                            "files: HDF5 and video inputs give one episode per file.")
+    """Import the mapped arrays of one HDF5 file as one episode, or pieces by --episode, then derive."""
     with _open(path) as f:
         entries = _entries(f, path, mapping)
         if not entries:
             raise SeqsenseError(f"'{path}': no arrays to import (empty file or no numeric arrays).")
         n = f[entries[0]["arrays"][0]].shape[0]
         t = _time_ns(f, path, mapping.settings, n)
-        session.sources.append({"file": str(path), "format": "hdf5"})
-        ep = session.new_episode({"source": str(path), "format": "hdf5",
-                                  "info": str(f.attrs.get("info", ""))[:2000]})
-        session.sources[-1]["episode"] = ep.name
-        sinks = []
+        parts = []
         for e in entries:
-            part = _part(f, path, e)
+            parts.append(_part(f, path, e))
             if f[e["arrays"][0]].shape[0] != len(t):
                 raise SeqsenseError(f"'{path}': stream '{e['stream']}' has {f[e['arrays'][0]].shape[0]} samples "
                                     f"but the time base has {len(t)}.")
-            sink = StreamSink(session, ep, e["stream"], part, f"{','.join(e['arrays'])} in {path.name}",
-                              e.get("frame_id", ""), f"'{path}' stream '{e['stream']}'")
-            for i0 in range(0, len(t), BLOCK_ROWS):
-                cols = [np.asarray(f[a][i0 : i0 + BLOCK_ROWS]) for a in e["arrays"]]
-                block = np.concatenate([c.reshape(len(c), -1) for c in cols], axis=1)  # (N, D)
-                if part.kind != "vector":
-                    block = block[:, 0]
-                sink.add_block(t[i0 : i0 + BLOCK_ROWS], block, i0)
-            sinks.append(sink)
-        session.close_episode(sinks)
+        episodes = TimedEpisodes(session, [t], {"source": str(path), "format": "hdf5",
+                                                "info": str(f.attrs.get("info", ""))[:2000]},
+                                 {"file": str(path), "format": "hdf5"})
+        for e, part in zip(entries, parts):
+            episodes.add_stream(e["stream"], part, t, _blocks(f, e, part), f"{','.join(e['arrays'])} in {path.name}",
+                                e.get("frame_id", ""), f"'{path}' stream '{e['stream']}'")
+        episodes.close()
+
+
+def _blocks(f: h5py.File, e: dict, part: Part):
+    """(first row, (N, D) or (N,) block) of one entry's arrays, BLOCK_ROWS rows at a time."""
+    n = f[e["arrays"][0]].shape[0]
+    for i0 in range(0, n, BLOCK_ROWS):
+        cols = [np.asarray(f[a][i0 : i0 + BLOCK_ROWS]) for a in e["arrays"]]
+        block = np.concatenate([c.reshape(len(c), -1) for c in cols], axis=1)  # (N, D)
+        yield i0, (block if part.kind == "vector" else block[:, 0])

@@ -18,6 +18,12 @@ the command line, which are appended to the file's entries:
 `column_names`, `fps`, `frame_times`, `annotations`, ...) go at the top level or under "options". A topic
 named by any entry gives exactly the streams its entries name; other topics are imported with their
 default names when `include_unmapped` is true (the default) and skipped (and counted) otherwise.
+
+An optional `"derive"` list names standard targets computed from the imported streams (see
+`seqsense.derive`), as objects or in the `seqsense derive --add` form:
+
+    "derive": [{"stream": "truth/gravity_body", "function": "gravity_body", "source": "truth/orientation"},
+               "truth/velocity=velocity(truth/position, method=central)"]
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from seqsense.derive import DeriveSpec, spec_from_entry
 from seqsense.errors import ConfigError
 
 OPTION_KEYS = ("time", "episode", "sort_time", "image_size", "fps", "frame_times", "time_unit", "time_column",
@@ -43,11 +50,12 @@ class Mapping:
     options: dict = dataclasses.field(default_factory=dict)
     settings: dict = dataclasses.field(default_factory=dict)  # source-specific (rate_attr, time_column...)
     path: str | None = None
+    derive: list[DeriveSpec] = dataclasses.field(default_factory=list)  # streams computed after import
 
     def to_dict(self) -> dict:
         """A JSON-ready form, stored in the log's provenance."""
         return {"file": self.path, "include_unmapped": self.include_unmapped, "options": self.options,
-                "settings": self.settings, "streams": self.streams}
+                "settings": self.settings, "streams": self.streams, "derive": [d.to_dict() for d in self.derive]}
 
     def entries_for(self, key: str) -> list[dict]:
         """The entries whose topic is `key`."""
@@ -81,19 +89,23 @@ def load_mapping(path: str | Path | None) -> Mapping:
         raise ConfigError(f"Mapping file '{path}' is not valid JSON: {e}.") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"Mapping file '{path}' must hold a JSON object.")
-    known = {"description", "format", "include_unmapped", "options", "streams", "source"}
+    known = {"description", "format", "include_unmapped", "options", "streams", "source", "derive"}
     options = raw.get("options", {})
     unknown_opts = set(options) - set(OPTION_KEYS)
     if unknown_opts:
         raise ConfigError(f"Mapping file '{path}': unknown option(s) {sorted(unknown_opts)}; valid: {list(OPTION_KEYS)}.")
     settings = {k: v for k, v in raw.items() if k not in known}
     settings["format"] = raw.get("format")
+    derive = raw.get("derive", [])
+    if not isinstance(derive, list):
+        raise ConfigError(f"Mapping file '{path}': \"derive\" must be a list of derive entries, got {derive!r}.")
     return Mapping(
         streams=[_check_entry(e, f"Mapping file '{path}'") for e in raw.get("streams", [])],
         include_unmapped=bool(raw.get("include_unmapped", True)),
         options=dict(options),
         settings=settings,
         path=str(path),
+        derive=[spec_from_entry(d, f"Mapping file '{path}'") for d in derive],
     )
 
 

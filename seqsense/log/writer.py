@@ -115,6 +115,11 @@ class EpisodeWriter:
         self.name = name
         self.streams: dict[str, StreamWriter] = {}
 
+    @property
+    def group(self) -> h5py.Group:
+        """The episode's HDF5 group in the log being written (to add streams computed from its own)."""
+        return self._group
+
     def stream(
         self,
         name: str,
