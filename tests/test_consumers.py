@@ -203,3 +203,23 @@ def test_tracking_sequence_path_equals_the_step_loop(damping, limit, dims):
     assert fast == slow.summary()
     if limit == 5.0:  # the clipped branch ran
         assert fast["saturation_frac"] > 0
+
+
+@pytest.mark.parametrize("hazard", [None, {"kind": "wall", "axis": 1, "value": 0.8, "side": "below"},
+                                    {"kind": "wall", "axis": 0, "value": -0.5, "side": "above"},
+                                    {"kind": "point", "position": [0.0, 0.0], "radius": 0.3}])
+def test_safety_sequence_path_equals_the_step_loop(hazard):
+    """`run` takes the monitor's whole-sequence path (wall or no hazard); its summary is the step loop's."""
+    rng = np.random.default_rng(5)
+    t = np.arange(400) / 30.0
+    truth = np.stack([np.sin(t), np.cos(0.7 * t)], 1)
+    pred = truth + rng.standard_normal(truth.shape) * 0.15
+    var = np.full_like(pred, 0.01)
+    pred[50:60] = np.nan
+    cfg = C.SafetyMonitorConfig(threshold=0.2, hazard=hazard, hysteresis=0.05, sigma_margin=1.0, lead_s=0.1)
+    fast = C.run(C.SafetyMonitor(cfg), t, pred, truth, var)
+    slow = C.SafetyMonitor(cfg)
+    for i in range(t.size):
+        slow.step(t[i], pred[i], var[i], truth[i])
+    assert fast == slow.summary()
+    assert fast["n_events"] > 0 and fast["toggles_per_min"] > 0  # the alarm and the events both happened

@@ -367,6 +367,37 @@ class SafetyMonitor(Consumer):
         self._alarm.append(self._on)
         self._danger.append(danger)
 
+    def run_sequence(self, t: np.ndarray, mean: np.ndarray, var, truth: np.ndarray) -> None:
+        """`step` over a whole sequence from reset: the clearances computed for all ticks at once (the same
+        arithmetic, per row), the alarm's hysteresis stepped in plain floats. Point hazards take the step loop."""
+        cfg, h = self.config, self.config.hazard
+        if h is not None and h["kind"] != "wall":
+            for i in range(t.size):
+                self.step(t[i], mean[i], None if var is None else var[i], truth[i])
+            return
+        a = cfg.field if h is None else int(h["axis"])
+        sign, value = (1.0, 0.0) if h is None else (1.0 if h.get("side", "below") == "below" else -1.0, float(h["value"]))
+
+        def clear(x):
+            return x[:, a] if h is None else sign * (value - x[:, a])
+
+        c = clear(mean)
+        sd = np.zeros_like(c) if var is None else np.sqrt(var[:, a])
+        c = c - cfg.sigma_margin * sd
+        ct = clear(truth)
+        danger = (np.isfinite(ct) & (ct < cfg.threshold)).tolist()
+        finite = np.isfinite(clear(mean)).tolist()
+        on, hi, lo = self._on, cfg.threshold + cfg.hysteresis, cfg.threshold
+        alarm = []
+        for ci, ok in zip(c.tolist(), finite):
+            if ok:
+                on = ci < (hi if on else lo)
+            alarm.append(on)
+        self._on = on
+        self._t.extend(float(x) for x in t)
+        self._alarm.extend(alarm)
+        self._danger.extend(danger)
+
     def summary(self) -> dict[str, float]:
         cfg = self.config
         t, alarm, danger = np.asarray(self._t), np.asarray(self._alarm, bool), np.asarray(self._danger, bool)
