@@ -89,12 +89,12 @@ def step_latency(family: str, log: Path, n: int) -> dict:
     ticks = [t for _, t in zip(range(400), ds.iter_ticks(0))]
     pred.reset()
     for t in ticks[:50]:
-        pred.step(t)
+        pred.step_tick(t)
     times = np.empty(n)
     for i in range(n):
         t = ticks[i % len(ticks)]
         t0 = time.perf_counter()
-        pred.step(t)
+        pred.step_tick(t)
         times[i] = time.perf_counter() - t0
     return {"median_us": float(np.median(times) * 1e6), "p99_us": float(np.percentile(times, 99) * 1e6), "params": pred.model.num_parameters()}
 

@@ -27,6 +27,7 @@ CASES = {
     "rnn": ("rnn", {"imu": ("vector", (2,))}, ("vector", (2,)), {}),
     "transformer": ("transformer", {"imu": ("vector", (2,))}, ("vector", (2,)), {"context": 4}),
     "ekf": ("ekf", {"gyro": ("vector", (3,)), "accel": ("vector", (3,))}, ("vector", (3,)), {}),
+    "kalmannet": ("kalmannet", {"gyro": ("vector", (3,)), "accel": ("vector", (3,))}, ("vector", (3,)), {}),
     "rnn_frames_label": ("rnn", {"camera": ("image", (16, 16, 1)), "imu": ("vector", (2,))}, ("label", ()), {"num_classes": 3}),
 }
 TICKS = 24  # per case, in two episodes
@@ -88,7 +89,7 @@ def make_case(name: str, out: Path) -> None:
     pred = model.predictor()
     for e, ticks in enumerate(episodes):
         pred.reset()
-        outs = [pred.step(t) for t in ticks]
+        outs = [pred.step_tick(t) for t in ticks]
         heads = ("probs",) if outs[0].probs is not None else ("mean", "var")
         for h in heads:
             expected[f"{e}:{h}"] = np.stack([getattr(o, h) for o in outs])

@@ -93,17 +93,17 @@ class TickAdapter:
         return fed
 
     def observations(self, t_ns: int) -> dict[str, Any]:
-        """The runtime's observations at tick `t_ns` from the samples stamped at or before it (the rest wait)."""
+        """`step(t_ns, observations)` input from the samples stamped at or before `t_ns`, with their stamps (the rest wait)."""
         obs: dict[str, Any] = {}
         for s, info in self.streams.items():
             ready = [(t, x) for t, x in self.pending[s] if t <= t_ns]
             self.pending[s] = [(t, x) for t, x in self.pending[s] if t > t_ns]
             if info.get("mode") == "packed":
                 obs[s] = np.stack([x for _, x in ready]) if ready else None
-                obs[f"{s}_age_s"] = np.asarray([(t_ns - t) / 1e9 for t, _ in ready], np.float32)
+                obs[f"{s}_t_ns"] = np.asarray([t for t, _ in ready], np.int64)
             elif ready:
                 t, x = ready[-1]
-                obs[s], obs[f"{s}_age_s"] = x, np.float32((t_ns - t) / 1e9)
+                obs[s], obs[f"{s}_t_ns"] = x, t
             else:
                 obs[s] = None
         return obs
@@ -193,7 +193,12 @@ def main(argv: list[str] | None = None) -> int:
             if predictor.prev_t_ns is not None and t_ns < predictor.prev_t_ns:
                 self.get_logger().warn("time went backwards; resetting the predictor")
                 predictor.reset()
-            pred = predictor.step(t_ns, adapter.observations(t_ns))
+            try:
+                pred = predictor.step(t_ns, adapter.observations(t_ns))
+            except runtime.ObservationError as e:  # e.g. a sensor restarted and its stamps went back
+                self.get_logger().warn(f"{e} Resetting the predictor.")
+                predictor.reset()
+                return
             mean, var = prediction_arrays(pred)
             self.pub.publish(Float64MultiArray(data=mean + (var or [])))
             if self.pose_pub is not None:

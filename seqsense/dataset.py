@@ -317,19 +317,22 @@ class WindowDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         """A whole batch at once (used by DataLoader) as (B, T, ...) tensors, each sample copied once."""
-        k, s = self.starts[indices[0]]
+        return self.read_windows([(int(k), int(s)) for k, s in self.starts[np.asarray(indices, np.int64)]])
+
+    def read_windows(self, pairs: Sequence[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        """Windows of T ticks at (episode number, start tick) pairs as a batch (B, T, ...); padded past an episode's end."""
+        k, s = pairs[0]
         first = self.index(int(k)).read(int(s), self.spec.window)
         # In a worker process, allocate in shared memory so handing the batch over copies nothing.
         shared = torch.utils.data.get_worker_info() is not None
         tensors = {}
         for key, v in first.items():
-            t = torch.from_numpy(np.empty((len(indices),) + v.shape, v.dtype))
+            t = torch.from_numpy(np.empty((len(pairs),) + v.shape, v.dtype))
             tensors[key] = t.share_memory_() if shared else t
         batch = {key: t.numpy() for key, t in tensors.items()}
         for key, v in first.items():
             batch[key][0] = v
-        for b, i in enumerate(indices[1:], start=1):
-            k, s = self.starts[i]
+        for b, (k, s) in enumerate(pairs[1:], start=1):
             self.index(int(k)).read(int(s), self.spec.window, out={key: v[b] for key, v in batch.items()})
         return tensors
 
@@ -346,6 +349,73 @@ class WindowDataset(torch.utils.data.Dataset):
             w = idx.read(s, min(block, n - s))
             for j in range(len(w["t_ns"])):
                 yield {key: v[j] for key, v in w.items()}
+
+
+class ConsecutiveWindows:
+    """Batches for stateful training: each of `rows` batch rows reads whole episodes window after window, in order.
+
+    An episode of n ticks is cut into ceil(n / T) windows starting at 0, T, 2T, ... (the last one
+    padded, `tick_is_pad`), T = `dataset.spec.window`. Row r walks an endless stream: the episodes in
+    a permutation drawn from (seed, r, pass), each read from its first window to its last; rows start
+    at staggered offsets into their streams (r / rows of the way through), so even one long episode
+    gives `rows` different windows per batch. A batch is a list of (episode number, start tick,
+    reset) triples, reset True where the row starts an episode (or at the first step of this sampler,
+    whose carried state is not known): the model's state for that row must go back to its reset value.
+    The batches are a pure function of (seed, step), like `seqsense.train.BatchSchedule`.
+    """
+
+    def __init__(self, dataset: WindowDataset, rows: int, seed: int = 0, start: int = 0, stop: int | None = None):
+        if rows < 1:
+            raise ConfigError(f"ConsecutiveWindows: rows must be >= 1, got {rows}.")
+        self.window = dataset.spec.window
+        self.counts = np.asarray([-(-n // self.window) for n in dataset.lengths], np.int64)  # windows per episode
+        self.total = int(self.counts.sum())  # windows in one pass over all episodes
+        self.rows, self.seed, self.start, self.stop = rows, seed, start, stop
+        self.phase = [r * self.total // rows for r in range(rows)]
+        self._passes: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def _pass(self, r: int, p: int) -> tuple[np.ndarray, np.ndarray]:
+        """(episode order, cumulative window counts) of row r's pass p."""
+        key = (r, p)
+        if key not in self._passes:
+            if len(self._passes) > 4 * self.rows:
+                self._passes.clear()
+            order = np.random.default_rng([self.seed, r, p]).permutation(len(self.counts))
+            self._passes[key] = (order, np.cumsum(self.counts[order]))
+        return self._passes[key]
+
+    def indices(self, step: int) -> list[tuple[int, int, bool]]:
+        """The (episode, start tick, reset) triple of each row at 0-based `step`."""
+        out = []
+        for r in range(self.rows):
+            p, off = divmod(step + self.phase[r], self.total)
+            order, cum = self._pass(r, p)
+            j = int(np.searchsorted(cum, off, side="right"))
+            w = off - (int(cum[j - 1]) if j else 0)  # window number within the episode
+            out.append((int(order[j]), w * self.window, w == 0 or step == self.start))
+        return out
+
+    def __iter__(self):
+        k = self.start
+        while self.stop is None or k < self.stop:
+            yield self.indices(k)
+            k += 1
+
+
+class StatefulWindows(torch.utils.data.Dataset):
+    """A WindowDataset read by `ConsecutiveWindows` triples: each batch also holds `state_reset` (B,) bool."""
+
+    def __init__(self, dataset: WindowDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, rows: Sequence[tuple[int, int, bool]]) -> dict[str, torch.Tensor]:
+        """The windows of a `ConsecutiveWindows` batch, plus which rows start from a reset state."""
+        batch = self.dataset.read_windows([(k, s) for k, s, _ in rows])
+        batch["state_reset"] = torch.tensor([bool(r) for _, _, r in rows])
+        return batch
 
 
 def _passthrough(batch):

@@ -3,31 +3,22 @@
     from seqsense import runtime
     pred = runtime.load("exports/rnn")          # checks the manifest against the graph
     pred.reset()                                 # start of a log
-    p = pred.step(t_ns, {"imu": sample, "camera": frame_or_None})
+    p = pred.step(t_ns, {"imu": sample, "camera": frame_or_None, "camera_t_ns": frame_stamp_ns})
     p.mean, p.var                                # (D,) in target units; p.probs (K,) for labels
 
-`step(t_ns, observations)` takes the tick time and, for **every** input stream of the manifest, the
-latest sample (`None` when no new sample arrived since the previous tick). It computes `dt_s` from
-successive `t_ns` itself (0 at the first tick after `reset()`) and builds the tick the model was
-trained on (`seqsense.predictor`):
-
-- latest-mode stream s: a new sample gets age `observations["s_age_s"]` (default 0) and validity
-  `observations["s_valid"]` (default True). `None` keeps the previous sample and its age grows by
-  `dt_s`, as the dataset's causal sampling does; once the age passes the manifest's `max_age_s`, or
-  before the first sample, the stream is invalid (value zeroed, age 0). `s_valid=False` marks the
-  stream invalid at this tick and forgets the held sample.
-- packed stream s (K slots): the samples since the previous tick, (k, *shape) with k <= K, oldest
-  first (the newest K are kept when k > K); optional `s_age_s` (k,) and `s_mask` (k,). `None` or
-  k = 0 gives an empty tick (all slots masked).
-- **NaN or Inf**: a latest-mode sample holding any non-finite value is rejected as if it were `None`
-  (the held sample stays, its age grows); a packed row holding one is masked out. Rejections are
-  counted in `predictor.rejected[stream]`.
+`OnnxPredictor` follows the robot-facing contract of `seqsense.predictor`: `step(t_ns,
+observations)` takes the tick time and, for **every** input stream of the manifest, the sample(s)
+that arrived since the previous tick (`None` when none did), optionally with their times
+`observations["s_t_ns"]`. The causal sampling the model was trained on (dt_s, ages, hold, validity,
+`max_age_s`, packing, rejection of NaN/Inf samples, counted in `pred.rejected`) is
+`seqsense.ticks.TickBuilder`, the same code the torch predictor runs. `step_tick(tick)` is the
+internal adapter taking a dataset tick as it is (replay, export check).
 
 Wrong input is an `ObservationError` naming the stream, the expected shape and dtype: a missing
-stream key, a wrong shape, a non-numeric dtype, or a non-uint8 image. Keys not naming an input
-stream (e.g. a dataset tick's `target`) are ignored. A folder whose manifest does not match its
-graph, a truncated graph, or an export from a newer format is a `CheckpointError` from `load`.
-onnxruntime runs with one intra-op thread by default (robot loops own their cores).
+stream key, a wrong shape, a non-numeric dtype, a non-uint8 image, or time going backwards. Keys not
+naming an input stream (e.g. a dataset tick's `target`) are ignored. A folder whose manifest does
+not match its graph, a truncated graph, or an export from a newer format is a `CheckpointError`
+from `load`. onnxruntime runs with one intra-op thread by default (robot loops own their cores).
 """
 
 from __future__ import annotations
@@ -39,20 +30,18 @@ from pathlib import Path
 
 import numpy as np
 
-from seqsense.errors import CheckpointError, SeqsenseError
+from seqsense.errors import CheckpointError
 from seqsense.predictor import Prediction
+from seqsense.ticks import NS_PER_S, BuiltTicks, ObservationError, TickBuilder
+
+__all__ = ["NS_PER_S", "ObservationError", "OnnxPredictor", "TickBuilder", "load", "read_manifest"]
 
 EXPORT_FORMAT = "seqsense-export"
 EXPORT_FORMAT_VERSION = 1
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
-NS_PER_S = 1_000_000_000
 ORT_TYPES = {"float32": "tensor(float)", "float64": "tensor(double)", "int64": "tensor(int64)", "bool": "tensor(bool)",
              "uint8": "tensor(uint8)", "int32": "tensor(int32)"}
-
-
-class ObservationError(SeqsenseError, ValueError):
-    """An observation passed to `step` that does not fit the manifest (missing, wrong shape or dtype)."""
 
 
 def read_manifest(folder: str | os.PathLike) -> dict:
@@ -127,64 +116,71 @@ def _check_signature(path: Path, sess, graph: dict) -> None:
                     f"{w['dtype']} {list(w['shape'])}. The manifest was edited or belongs to another export; export again.")
 
 
-class _Stream:
-    """One input stream's slot in the graph feed and what is held of it between ticks."""
+class OnnxPredictor(BuiltTicks):
+    """Owns an onnxruntime session of one exported `step`, its manifest, the tick builder and the state between ticks.
 
-    def __init__(self, name: str, info: dict, feed: dict):
-        self.name = name
-        self.shape = tuple(info["shape"])
-        self.image = info["kind"] == "image"
-        self.dtype = np.uint8 if self.image else np.float32
-        self.max_age_s = float("inf") if info.get("max_age_s") is None else float(info["max_age_s"])
-        self.packed_k = int(info["packed_k"]) if info.get("mode") == "packed" else 0
-        lead = (self.packed_k,) if self.packed_k else ()
-        self.value = feed[name].reshape(lead + self.shape)  # views into the feed arrays (batch axis dropped)
-        self.age = feed[f"{name}_age_s"].reshape(-1)  # (1,) or (K,)
-        self.flag = feed[f"{name}_mask" if self.packed_k else f"{name}_valid"].reshape(-1)
-        self.has = False
-        self.held_age = 0.0
-
-    def expected(self) -> str:
-        shape = ((self.packed_k,) if self.packed_k else ()) + self.shape
-        lead = "(k <= %d, %s)" % (self.packed_k, ", ".join(map(str, self.shape))) if self.packed_k else str(shape)
-        return f"shape {lead} dtype {'uint8' if self.image else 'float32 (any real dtype is cast)'}"
-
-    def array(self, x) -> np.ndarray:
-        """`x` as an array of this stream's dtype, checked; ObservationError otherwise."""
-        a = np.asarray(x)
-        if self.image and a.dtype != np.uint8:
-            raise ObservationError(f"Stream '{self.name}': image samples must be uint8 (H, W, C), got dtype {a.dtype}; expected {self.expected()}.")
-        if not self.image and a.dtype.kind not in "fiu":
-            raise ObservationError(f"Stream '{self.name}': got dtype {a.dtype}, not a real number type; expected {self.expected()}.")
-        ok = a.shape[1:] == self.shape and a.ndim >= 1 if self.packed_k else a.shape == self.shape or (a.size == 1 and self.shape in ((), (1,)))
-        if not ok:
-            raise ObservationError(f"Stream '{self.name}': got shape {a.shape}; expected {self.expected()}.")
-        return a.reshape(((-1,) if self.packed_k else ()) + self.shape)
-
-
-class OnnxPredictor:
-    """Owns an onnxruntime session of one exported `step`, its manifest, and the state between ticks."""
+    The step allocates almost nothing: the tick arrays (`self.tick`, filled by a `TickBuilder`), the
+    output arrays and two state buffers are allocated once and bound to the session as OrtValues that
+    share their memory. Two IO bindings alternate, one reading state buffer A and writing the next
+    state into B and the other the reverse, so carrying the state is a flip of an index, not a copy.
+    """
 
     def __init__(self, folder: str | os.PathLike, threads: int = 1, providers=None):
+        import onnxruntime as ort
+
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder)
         self.session = _open_session(self.folder, self.manifest, threads, providers)
         graph = self.manifest["graph"]
-        rows = graph.get("observations", graph["inputs"])
-        self.inputs = [r["stream"] for r in rows if r.get("role") == "value"]
-        self.tick = {r["name"]: np.zeros(r["shape"], r["dtype"]) for r in rows}  # (1, ...) each, refilled in place
-        self.feed = {r["name"]: self.tick[r["name"]] for r in graph["inputs"]}  # the ones the graph reads
-        self.streams = {s: _Stream(s, self.manifest["streams"][s], self.tick) for s in self.inputs}
+        self.builder = TickBuilder.from_manifest(self.manifest, batch=True)
+        self.inputs = self.builder.inputs
+        self.tick = self.builder.tick  # (1, ...) each, refilled in place at every step
+        for r in graph.get("observations", graph["inputs"]):
+            a = self.tick.get(r["name"])
+            if a is None or list(a.shape) != list(r["shape"]) or a.dtype != np.dtype(r["dtype"]):
+                raise CheckpointError(f"'{self.folder / MANIFEST_FILE}': graph input '{r['name']}' is {r['dtype']} {r['shape']}, but its "
+                                      f"stream entry gives {None if a is None else (str(a.dtype), list(a.shape))}. Export again.")
         self.heads = [r["name"] for r in graph["outputs"]]
         self.state_specs = graph["state"]
         self.output_names = self.heads + [s["output"] for s in self.state_specs]
-        self.rejected = {s: 0 for s in self.inputs}
+        self._obs_names = [r["name"] for r in graph["inputs"]]  # the observations the graph reads
+        self._out = {r["name"]: np.zeros(r["shape"], r["dtype"]) for r in graph["outputs"]}
+        self._buffers = [{s["input"]: np.zeros(s["shape"], s["dtype"]) for s in self.state_specs} for _ in range(2)]
+        value = ort.OrtValue.ortvalue_from_numpy  # on CPU the OrtValue shares the numpy array's memory
+        obs = {n: value(self.tick[n]) for n in self._obs_names}
+        out = {n: value(a) for n, a in self._out.items()}
+        states = [{k: value(a) for k, a in buf.items()} for buf in self._buffers]
+        self._bindings = []
+        for i in range(2):
+            b = self.session.io_binding()
+            for n, v in obs.items():
+                b.bind_ortvalue_input(n, v)
+            for s in self.state_specs:
+                b.bind_ortvalue_input(s["input"], states[i][s["input"]])
+                b.bind_ortvalue_output(s["output"], states[1 - i][s["input"]])
+            for n, v in out.items():
+                b.bind_ortvalue_output(n, v)
+            self._bindings.append(b)
+        self._ortvalues = (obs, out, states)  # keep the bound values alive
+        self._run = self.session.run_with_iobinding
+        self._probs = self._out.get("probs")
+        self._mean, self._var = self._out.get("mean"), self._out.get("var")
         self.reset()
 
     @property
     def discrete(self) -> bool:
         """True when the model predicts class probabilities."""
         return self.heads == ["probs"]
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:
+        """The state the next step reads (views of the current buffer)."""
+        return self._buffers[self._cur]
+
+    @property
+    def feed(self) -> dict[str, np.ndarray]:
+        """Every graph input as the next step feeds it (a plain `session.run` feed, for diagnostics and benchmarks)."""
+        return {**{n: self.tick[n] for n in self._obs_names}, **self.state}
 
     def initial_state(self) -> dict[str, np.ndarray]:
         """The state at reset, as the manifest states it."""
@@ -199,86 +195,28 @@ class OnnxPredictor:
 
     def reset(self) -> None:
         """Forget all state: the next `step` is the first tick of a new log."""
-        self.state = self.initial_state()
-        self.prev_t_ns: int | None = None
-        for st in self.streams.values():
-            st.has, st.held_age = False, 0.0
+        self._cur = 0
+        for k, v in self.initial_state().items():
+            self._buffers[0][k][...] = v
+        self.builder.reset()
 
     def step(self, t_ns: int, observations: dict) -> Prediction:
-        """Consume the observations at tick time `t_ns` (ns) and return the tick's prediction."""
-        t = int(np.asarray(t_ns))
-        if self.prev_t_ns is None:
-            dt = 0.0
-        elif t < self.prev_t_ns:
-            raise ObservationError(f"t_ns went backwards ({t} after {self.prev_t_ns}); call reset() at the start of a new log.")
-        else:
-            dt = (t - self.prev_t_ns) / NS_PER_S
-        for s, st in self.streams.items():
-            if s not in observations:
-                raise ObservationError(f"Missing stream '{s}' at t_ns={t}: pass its latest sample ({st.expected()}), "
-                                       f"or None when no new sample arrived. Inputs: {self.inputs}.")
-            if st.packed_k:
-                self._packed(st, observations)
-            else:
-                self._latest(st, observations, dt)
-        self.tick["dt_s"][0] = dt
-        self.feed.update(self.state)
-        outs = self.session.run(self.output_names, self.feed)
-        self.prev_t_ns = t
-        n = len(self.heads)
-        self.state = {s["input"]: v for s, v in zip(self.state_specs, outs[n:])}
-        if self.discrete:
-            probs = outs[0][0]
-            return Prediction(mean=np.asarray(np.argmax(probs)), probs=probs)
-        return Prediction(mean=outs[0][0], var=outs[1][0])
+        """Consume the samples that arrived by tick time `t_ns` (ns) and return the tick's prediction (module docstring)."""
+        self.builder.build(t_ns, observations)
+        return self._run_step()
 
     def step_tick(self, tick: dict) -> Prediction:
-        """`step` on a dataset-style tick dict holding `t_ns` and the stream keys."""
-        return self.step(tick["t_ns"], tick)
+        """Internal adapter: `step` on a dataset-style tick (`seqsense.predictor`), taken as it is, without sampling."""
+        self.builder.load_tick(tick)
+        return self._run_step()
 
-    def _latest(self, st: _Stream, obs: dict, dt: float) -> None:
-        x = obs[st.name]
-        valid = obs.get(f"{st.name}_valid", True)
-        if x is not None:
-            a = st.array(x)
-            if not st.image and not np.isfinite(a).all():
-                self.rejected[st.name] += 1
-                x = None
-            elif bool(np.asarray(valid)):
-                st.value[...] = a
-                st.has, st.held_age = True, float(np.asarray(obs.get(f"{st.name}_age_s", 0.0)))
-            else:
-                st.has = False
-        if x is None and st.has:
-            st.held_age += dt
-        if st.has and st.held_age > st.max_age_s:
-            st.has = False
-        if not st.has:
-            st.value[...] = 0
-        st.age[0] = st.held_age if st.has else 0.0
-        st.flag[0] = st.has
-
-    def _packed(self, st: _Stream, obs: dict) -> None:
-        x = obs[st.name]
-        st.value[...] = 0
-        st.age[...] = 0.0
-        st.flag[...] = False
-        if x is None:
-            return
-        a = st.array(x)
-        k = len(a)
-        mask = np.ones(k, bool) if obs.get(f"{st.name}_mask") is None else np.asarray(obs[f"{st.name}_mask"], bool).reshape(-1)
-        age = np.zeros(k, np.float32) if obs.get(f"{st.name}_age_s") is None else np.asarray(obs[f"{st.name}_age_s"], np.float32).reshape(-1)
-        if mask.shape != (k,) or age.shape != (k,):
-            raise ObservationError(f"Stream '{st.name}': {k} samples but {mask.shape[0]} mask and {age.shape[0]} age entries; they must match.")
-        finite = np.isfinite(a.reshape(k, -1)).all(-1) if not st.image else np.ones(k, bool)
-        self.rejected[st.name] += int((mask & ~finite).sum())
-        mask = mask & finite
-        a, age, mask = a[-st.packed_k:], age[-st.packed_k:], mask[-st.packed_k:]  # the newest K
-        lo = st.packed_k - len(a)
-        st.value[lo:] = np.where(mask.reshape((-1,) + (1,) * len(st.shape)), a, 0)
-        st.age[lo:] = np.where(mask, age, 0.0)
-        st.flag[lo:] = mask
+    def _run_step(self) -> Prediction:
+        self._run(self._bindings[self._cur])
+        self._cur ^= 1  # the next state was written into the other buffer
+        if self._probs is not None:
+            probs = self._probs[0].copy()
+            return Prediction(mean=np.asarray(np.argmax(probs)), probs=probs)
+        return Prediction(mean=self._mean[0].copy(), var=self._var[0].copy())
 
 
 def load(folder: str | os.PathLike, threads: int = 1, providers=None) -> OnnxPredictor:

@@ -9,7 +9,20 @@ killed and resumed with `resume=True` ends with the same weights as an unbroken 
 Under `torchrun --nproc_per_node N` the training episodes are dealt to ranks (disjoint episodes per
 rank), gradients are averaged by DDP (gloo on CPU, NCCL on GPU) and only rank 0 writes files.
 Families that fit in closed form or by marginal likelihood hook in through `fit_extra`, which runs
-after the SGD loop (or alone when the model has nothing for SGD to train).
+after the SGD loop (or alone when the model has nothing for SGD to train); `fit_start` runs before it
+(a hybrid fits its filter's noise there, so its learned part starts from the fitted filter).
+
+**Stateful training** (`--set stateful=true`): instead of windows drawn at random from reset,
+`stateful_batch` rows each read episodes in order, `tbptt_window` ticks at a time
+(`seqsense.dataset.ConsecutiveWindows`); the model's state after one window is carried, detached,
+into the row's next window and reset where the row moves to another episode (truncated BPTT), so a
+recurrent model can learn what integrates over many windows. Validation windows start from reset as
+before. A resumed stateful run restarts its carried states at the resume step (the batches are the
+same; the weights differ slightly from an unbroken run's).
+
+Defaults for a raw IMU of 100–1,000 Hz (`STATEFUL_IMU_DEFAULTS`): the model runs on a 50 Hz clock with
+the IMU streams packed (all samples since the previous tick, up to `packed_slots(rate)`), stateful
+windows of 64 ticks (1.3 s), 8 episode streams per batch.
 """
 
 from __future__ import annotations
@@ -29,13 +42,28 @@ import torch
 import torch.distributed as dist
 
 from seqsense.config import apply_overrides, config_to_dict, parse_overrides
-from seqsense.dataset import WindowDataset, compute_normalization, episode_refs, resolve_paths, split_episodes
+from seqsense.dataset import (ConsecutiveWindows, StatefulWindows, WindowDataset, compute_normalization, episode_refs,
+                              resolve_paths, split_episodes)
 from seqsense.errors import ConfigError, SeqsenseError
 from seqsense.log.reader import open_log
 from seqsense.models.base import ModelConfig, SequenceModel, get_model_class
 from seqsense.models.checkpoint import load_checkpoint, load_train_state, read_train_state_info, save_checkpoint, save_train_state
 
 MAX_VAL_BATCHES = 50  # validation cost stays bounded on long logs
+STATEFUL_IMU_DEFAULTS = {"rate_hz": 50.0, "stateful": True, "tbptt_window": 64, "stateful_batch": 8}
+
+
+def packed_slots(sensor_rate_hz: float, clock_rate_hz: float = 50.0) -> int:
+    """Slots K to pack a sensor of `sensor_rate_hz` on a `clock_rate_hz` clock: every sample since the last tick, with jitter room."""
+    if not (sensor_rate_hz > 0 and clock_rate_hz > 0):
+        raise ConfigError(f"packed_slots: rates must be > 0, got sensor {sensor_rate_hz} Hz, clock {clock_rate_hz} Hz.")
+    return int(math.ceil(sensor_rate_hz / clock_rate_hz)) + 2
+
+
+def stateful_imu_overrides(imu_streams: Sequence[str], sensor_rate_hz: float, clock_rate_hz: float = 50.0) -> dict:
+    """Config overrides for a learned filter on a raw IMU: `STATEFUL_IMU_DEFAULTS` with `imu_streams` packed."""
+    k = packed_slots(sensor_rate_hz, clock_rate_hz)
+    return {**STATEFUL_IMU_DEFAULTS, "rate_hz": float(clock_rate_hz), "packed": {s: k for s in imu_streams}}
 METRIC_FIELDS = ["step", "time_s", "lr", "train_loss", "val_loss", "windows_per_s"]
 
 
@@ -230,8 +258,9 @@ class _LossModule(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch):
-        return self.model.loss(batch)
+    def forward(self, batch, state=None, stateful: bool = False):
+        """The batch's loss, or with `stateful` (loss, next state) continuing from `state`."""
+        return self.model.loss_stateful(batch, state) if stateful else self.model.loss(batch)
 
 
 def scored_windows(ds: WindowDataset) -> np.ndarray:
@@ -268,6 +297,11 @@ def evaluate_loss(model: SequenceModel, ds: WindowDataset | None, device: torch.
         n += valid
     model.train()
     return total / n if n else float("nan")
+
+
+def _stateful_window_name(ds: WindowDataset, row: tuple[int, int, bool]) -> str:
+    f, e = ds.episodes[int(row[0])]
+    return f"Log '{f}' episode '{e}', window starting at tick {int(row[1])}"
 
 
 def _window_name(ds: WindowDataset, i: int) -> str:
@@ -391,9 +425,9 @@ class _Run:
         train_refs, val_refs = split_episodes(refs, config.val_fraction, config.seed)
         if len(train_refs) < info.world:
             raise SeqsenseError(f"{len(train_refs)} training episode(s) cannot be dealt to {info.world} processes; use fewer processes or more episodes.")
-        spec = config.window_spec()
+        spec = config.window_spec(window=config.train_window) if config.stateful else config.window_spec()
         self.train_ds = WindowDataset(train_refs, spec)
-        self.val_ds = WindowDataset(val_refs, spec) if val_refs else None
+        self.val_ds = WindowDataset(val_refs, config.window_spec()) if val_refs else None
         self.config = _infer_num_classes(config, [self.train_ds, self.val_ds])
         streams = self.train_ds.stream_info()
         self.model_cls.check_streams(self.config, streams)
@@ -405,6 +439,8 @@ class _Run:
                 "--set steps=N with N >= 1 (or a time budget, --set time_budget_s=S). Only filters fitted in closed "
                 "form (kalman without SGD parameters, ekf) accept steps=0."
             )
+        if self.config.stateful and self.model.has_memory and not self.model.supports_stateful:
+            raise self.model.stateful_error()
         mine = train_refs[info.rank :: info.world]  # disjoint episodes per rank
         self.rank_ds = self.train_ds if info.world == 1 else WindowDataset(mine, spec)
         self.provenance = {
@@ -441,6 +477,8 @@ class _Run:
             return float("nan")
         val = evaluate_loss(self.model, self.val_ds, self.dev, self.config.batch_size)
         extra = {**self.provenance, "step": self.step, "train_loss": train_loss, "val_loss": val}
+        if getattr(self.model, "fit_report", None) is not None:  # what fit_extra decided (e.g. the EKF kept its start noise)
+            extra["fit_report"] = self.model.fit_report
         # NaN never wins; until a finite validation loss is seen, the best checkpoint is the last one.
         if self.val_ds is None or not math.isfinite(self.best_val) or (math.isfinite(val) and val < self.best_val):
             self.best_val, self.best_step = (val if math.isfinite(val) else math.inf), self.step
@@ -450,6 +488,13 @@ class _Run:
                  "best_step": self.best_step, "elapsed_s": self.elapsed_s, "fitted_extra": self.fitted_extra, **self.provenance}
         save_train_state(self.run_dir / "train_state", self.model, optimizer, state)
         return val
+
+    def _fit_extra(self, model) -> None:
+        """`model.fit_extra` on the training episodes, with the validation episodes where its signature takes them."""
+        import inspect
+
+        takes_val = "val_dataset" in inspect.signature(model.fit_extra).parameters  # families written before it was added
+        model.fit_extra(self.train_ds, log=self.log, **({"val_dataset": self.val_ds} if takes_val else {}))
 
     def execute(self, resume: bool, progress: bool, num_workers: int, on_step) -> TrainResult:
         """Run SGD (if the family trains by SGD), then fit_extra, then save and report."""
@@ -462,11 +507,13 @@ class _Run:
         metrics = _Metrics(self.run_dir if self.rank0 else None, self.step if resume else 0)
         train_loss, windows, loop_s = float("nan"), 0, 0.0
         try:
+            if sgd and not resume:
+                self.model.fit_start(self.train_ds, log=self.log)
             if sgd:
                 train_loss, windows, loop_s = self._sgd_loop(opt, metrics, progress, num_workers, on_step)
             fitted_now = not self.fitted_extra
             if fitted_now:
-                self.model.fit_extra(self.train_ds, log=self.log)
+                self._fit_extra(self.model)
                 self.fitted_extra = True
             if not sgd:
                 train_loss = evaluate_loss(self.model, self.train_ds, self.dev, cfg.batch_size)
@@ -478,7 +525,7 @@ class _Run:
         if self.rank0 and self.best_step != self.step:
             model = load_checkpoint(self.run_dir / "best", device=self.dev)
             if fitted_now:  # the best weights predate fit_extra: fit them too, so `best` is a finished model
-                model.fit_extra(self.train_ds, log=self.log)
+                self._fit_extra(model)
                 best_val = evaluate_loss(model, self.val_ds, self.dev, cfg.batch_size)
                 save_checkpoint(model, self.run_dir / "best", {**model.checkpoint_meta.get("extra", {}), "val_loss": best_val})
         self.log(f"{self.family}: {self.step} step(s), train loss {train_loss:.4f}, best val loss {best_val:.4f} at step {self.best_step}")
@@ -504,10 +551,18 @@ class _Run:
         if not len(scored):
             raise SeqsenseError(f"None of the {len(self.rank_ds)} training window(s) of {self.family} holds a valid tick of target "
                                 f"{cfg.target!r} (NaN or missing throughout). Check the target stream, or train on other episodes.")
-        pool = None if len(scored) == len(self.rank_ds) else scored
-        schedule = BatchSchedule(len(scored), cfg.batch_size, seed=cfg.seed * 1009 + info.rank, start=self.step,
-                                 stop=cfg.steps or None, pool=pool)
-        loader = torch.utils.data.DataLoader(self.rank_ds, batch_sampler=schedule, collate_fn=_passthrough, num_workers=num_workers)
+        seed = cfg.seed * 1009 + info.rank
+        if cfg.stateful:  # every row reads its episodes in order; windows without a valid tick still carry the state
+            schedule = ConsecutiveWindows(self.rank_ds, cfg.train_rows, seed=seed, start=self.step, stop=cfg.steps or None)
+            source = StatefulWindows(self.rank_ds)
+            where = lambda step, b: _stateful_window_name(self.rank_ds, schedule.indices(step)[b])  # noqa: E731
+        else:
+            pool = None if len(scored) == len(self.rank_ds) else scored
+            schedule = BatchSchedule(len(scored), cfg.batch_size, seed=seed, start=self.step, stop=cfg.steps or None, pool=pool)
+            source = self.rank_ds
+            where = lambda step, b: _window_name(self.rank_ds, schedule.indices(step)[b])  # noqa: E731
+        loader = torch.utils.data.DataLoader(source, batch_sampler=schedule, collate_fn=_passthrough, num_workers=num_workers)
+        state = None  # the carried model state of stateful training
         bar = tqdm(total=cfg.steps or None, initial=self.step, disable=not (progress and self.rank0), file=sys.stderr, unit="step", desc=self.family)
         log_every = max(1, min(cfg.val_every, 25))
         run_sum, run_n, last_loss, windows, loop_s = 0.0, 0, float("nan"), 0, 0.0
@@ -515,11 +570,14 @@ class _Run:
         self.model.train()
         for batch in loader:
             step = self.step
-            check_finite(batch, lambda b: _window_name(self.rank_ds, schedule.indices(step)[b]))
+            check_finite(batch, lambda b: where(step, b))
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, cfg)
             batch = {k: v.to(self.dev, non_blocking=True) for k, v in batch.items()}
-            loss = module(batch)
+            if cfg.stateful:
+                loss, state = self._stateful_loss(module, batch, state)
+            else:
+                loss = module(batch)
             if not torch.isfinite(loss):
                 raise SeqsenseError(f"The training loss became {loss.item()} at step {step + 1} of {self.family}; lower lr (now {cfg.lr}) or check the data.")
             opt.zero_grad(set_to_none=True)
@@ -549,6 +607,13 @@ class _Run:
                 break
         bar.close()
         return (last_loss if run_n == 0 else run_sum / run_n), windows, loop_s
+
+    def _stateful_loss(self, module, batch: dict, state):
+        """(loss, next state, detached) of one stateful batch: rows flagged `state_reset` start from reset."""
+        reset = batch.pop("state_reset")
+        state = self.model.init_state(int(reset.shape[0])) if state is None else self.model.reset_rows(state, reset)
+        loss, nxt = module(batch, state, stateful=True)
+        return loss, {k: v.detach() for k, v in nxt.items()}
 
     def _out_of_time(self) -> bool:
         """True once the time budget is spent (agreed by all ranks)."""

@@ -4,6 +4,8 @@ and the system fitted by EM (near the optimal filter on held-out episodes, strea
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -14,7 +16,7 @@ from seqsense.log import LogWriter, seconds_to_ns
 from seqsense.models import get_model_class
 from seqsense.models import statespace as ss
 from seqsense.models.base import to_tensors
-from seqsense.models.kalman import parse_system
+from seqsense.models.kalman import Detector, KalmanModel, parse_system
 
 DT_S = 0.05
 
@@ -86,12 +88,21 @@ def write_linear_gaussian_log(path, episodes: int = 6, ticks: int = 200, seed: i
     return path, system
 
 
-def build(family: str, path, inputs=("measurement",), target="truth/position", **cfg):
-    """A model of `family` on the log at `path`, with its training dataset."""
+def build(family: str, path, inputs=("measurement",), target="truth/position", model_cls=None, **cfg):
+    """A model of `family` (built as `model_cls` when given) on the log at `path`, with its training dataset."""
     M, C = get_model_class(family)
+    M = model_cls or M
     config = C(inputs=tuple(inputs), target=target, **cfg)
     ds = WindowDataset(episode_refs([path]), config.window_spec())
     return M(config, ds.stream_info(), compute_normalization(ds)), ds
+
+
+class KalmanOnMeasurement(KalmanModel):
+    """`kalman` whose detector is the normalized raw `measurement` (the `Detector` source's input), isolating the filter fits from SGD."""
+
+    def detect(self, x):
+        """The measurement in normalized target units (..., D)."""
+        return ((x["measurement"].double() - self.target_mean.double()) / self.target_std.double()).float()
 
 
 def stream_through(model, seq: dict) -> dict[str, np.ndarray]:
@@ -195,9 +206,8 @@ def test_metadata_mode_required_but_missing_is_an_error(tmp_path):
 def test_cv_fit_recovers_noise_and_matches_step(tmp_path):
     """CV mode with the detector replaced by the raw measurement: R is the measurement noise, step == forward."""
     path, system = write_linear_gaussian_log(tmp_path / "cv.h5", episodes=4, ticks=200, with_system=False, kind="cv", q=2.0)
-    model, ds = build("kalman", path, window=16)
+    model, ds = build("kalman", path, window=16, model_cls=KalmanOnMeasurement)
     mean, std = model.target_mean.double(), model.target_std.double()
-    model._detect = lambda x: ((x["measurement"].double() - mean) / std).float()
     model.fit_extra(ds, log=lambda *_: None)
     assert not model.uses_metadata and model.trains_by_sgd
     r_true = np.diag(system["R"]) / std.numpy() ** 2
@@ -268,9 +278,10 @@ def test_metadata_model_survives_a_checkpoint(lg_log, tmp_path):
     np.testing.assert_array_equal(loaded.predict(seq)["mean"], model.predict(seq)["mean"])
 
 
-def build_split(path, n_train: int, **cfg):
+def build_split(path, n_train: int, model_cls=None, **cfg):
     """A kalman model on the first `n_train` episodes of `path` (normalized on them) and the held-out dataset."""
     M, C = get_model_class("kalman")
+    M = model_cls or M
     config = C(inputs=("measurement",), target="truth/position", **cfg)
     refs = episode_refs([path])
     train_ds = WindowDataset(refs[:n_train], config.window_spec())
@@ -341,10 +352,8 @@ def test_em_model_survives_a_checkpoint_and_exports(em_model, tmp_path):
 def test_em_mode_on_detector_outputs(em_model):
     """With the measurement stream not an input, EM runs on the detector (here: the measurement itself, normalized)."""
     _, _, _, path = em_model
-    model, train_ds, test_ds = build_split(path, 6, dynamics="em", em_iters=20, measurement_stream="camera")
-    assert model.trains_by_sgd
-    mean, std = model.target_mean.double(), model.target_std.double()
-    model._detect = lambda x: ((x["measurement"].double() - mean) / std).float()
+    model, train_ds, test_ds = build_split(path, 6, model_cls=KalmanOnMeasurement, dynamics="em", em_iters=20, measurement_stream="camera")
+    assert model.trains_by_sgd and isinstance(model.system_sources[0].measurement, Detector)
     model.fit_extra(train_ds, log=lambda *_: None)
     assert model.uses_em and model.trains_by_sgd and (model.config.state_dim, model.config.meas_dim) == (4, 2)
     assert model.num_parameters() > sum(p.numel() for p in model.parameters())
@@ -383,3 +392,187 @@ def test_em_twin_reads_its_target_off_single_tick_states(em_model):
     assert 0.6 < err["z2"] < 1.5, err  # the refitted residual variance keeps the twin honest
     seq = test_ds.sequence(0)
     np.testing.assert_allclose(stream_through(twin, seq)["mean"], twin.predict(seq)["mean"], atol=1e-5)
+
+
+def test_parts_compose_without_touching_the_given_config(lg_log):
+    """fit_extra resolves `dynamics` into parts (attributes); the config given keeps its values, `config` records the system's size."""
+    from seqsense.models.kalman import ConstantVelocity, RawStream, StoredSystem
+
+    path, _ = lg_log
+    model, ds = build("kalman", path)
+    given = model.config
+    assert isinstance(model.system_source, ConstantVelocity) and isinstance(model.measurement_source, Detector)
+    assert [type(s) for s in model.system_sources] == [StoredSystem, ConstantVelocity]  # auto: the stored system, else CV
+    model.fit_extra(ds, log=lambda *_: None)
+    assert (given.state_dim, given.meas_dim) == (0, 0) and given.dynamics == "auto"
+    assert (model.config.state_dim, model.config.meas_dim) == (4, 2) and model.config.dynamics == "auto"
+    assert isinstance(model.system_source, StoredSystem) and model.measurement_source == RawStream("measurement")
+
+
+def test_exportable_update_is_the_same_maths():
+    """The core's exportable path (unrolled Cholesky, chosen while tracing) equals the default one, log-likelihood included."""
+    from seqsense.models.kalman import FilterCore, LinearSystem
+
+    rng = np.random.default_rng(0)
+    system = make_system(dims=3)
+    B, n, m = 5, 6, 3
+    M = rng.standard_normal((B, n, n))
+    P = torch.tensor(M @ M.transpose(0, 2, 1) + np.eye(n))
+    x, z = torch.tensor(rng.standard_normal((B, n))), torch.tensor(rng.standard_normal((B, m)))
+    valid = torch.tensor([True, False, True, True, False])
+    H, R = torch.tensor(system["H"]), torch.tensor(system["R"])
+    for a, b in zip(ss.update(x, P, z, H, R, valid), ss.update_exportable(x, P, z, H, R, valid)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    lin = LinearSystem(*(torch.tensor(system[k]) for k in ("A", "Q", "H", "R")), torch.eye(3, n, dtype=torch.float64),
+                       torch.tensor(system["x0"]), torch.tensor(system["P0"]))
+    started = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0], dtype=torch.float64)
+    core = FilterCore()
+    for a, b in zip(core.step(lin, x, P, started, None, z, valid, exportable=False), core.step(lin, x, P, started, None, z, valid, exportable=True)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert not torch.onnx.is_in_onnx_export()  # so the default (None) is the Cholesky path outside an export
+
+# ---- golden outputs of every kalman mode ------------------------------------------------------
+# Each (measurement source × system source) combination and its memoryless twin, on tiny seeded logs,
+# fitted with untrained (seeded) detectors: predictions, fitted sizes and flags, compared to
+# tests/golden/kalman_modes/expected.json; checkpoints saved by the code that wrote it load and agree.
+# Regenerate (only when a change of outputs is intended): .venv/bin/python tests/test_kalman.py --write-golden
+
+GOLDEN_DIR = Path(__file__).parent / "golden" / "kalman_modes"
+GOLDEN_TINY = {"hidden": 8, "window": 8, "q_steps": 20}
+GOLDEN_CASES = {  # name -> (log: "system" holds its system in provenance, "plain" not; config)
+    "metadata": ("system", {"dynamics": "metadata"}),
+    "auto_stored": ("system", {}),
+    "auto_cv": ("plain", {}),
+    "cv": ("system", {"dynamics": "cv"}),
+    "em_raw": ("system", {"dynamics": "em", "em_iters": 5}),
+    "em_detector": ("plain", {"dynamics": "em", "em_iters": 5, "measurement_stream": "camera"}),
+    "metadata_twin": ("system", {"dynamics": "metadata", "memoryless": True}),
+    "cv_twin": ("plain", {"dynamics": "cv", "memoryless": True}),
+    "em_raw_twin": ("system", {"dynamics": "em", "em_iters": 5, "memoryless": True}),
+    "em_detector_twin": ("plain", {"dynamics": "em", "em_iters": 5, "measurement_stream": "camera", "memoryless": True}),
+    "auto_unfitted": ("system", {"fit": False}),  # before fit_extra: the detector + the default CV filter
+    "em_raw_unfitted": ("system", {"dynamics": "em", "fit": False}),
+}
+GOLDEN_CHECKPOINTS = ("metadata", "cv", "em_raw", "em_detector_twin")
+
+
+def golden_logs(folder: Path) -> dict[str, Path]:
+    """The two tiny logs of the golden cases (3 episodes of 40 ticks, 2-D), written under `folder`."""
+    return {"system": write_linear_gaussian_log(folder / "system.h5", episodes=3, ticks=40, seed=3)[0],
+            "plain": write_linear_gaussian_log(folder / "plain.h5", episodes=3, ticks=40, seed=4, with_system=False, kind="cv")[0]}
+
+
+def golden_model(case: str, logs: dict[str, Path]):
+    """The fitted model of a golden case (seeded) and its dataset."""
+    log, cfg = GOLDEN_CASES[case]
+    cfg = dict(cfg)
+    fit = cfg.pop("fit", True)
+    torch.manual_seed(0)
+    model, ds = build("kalman", logs[log], **GOLDEN_TINY, **cfg)
+    if fit:
+        model.fit_extra(ds, log=lambda *_: None)
+    return model.eval(), ds
+
+
+def golden_record(model, ds) -> dict:
+    """What a golden case pins: predictions on the last episode, fitted sizes, flags, parameter count, state shapes."""
+    out = model.predict(ds.sequence(len(ds.episodes) - 1))
+    return {"mean": out["mean"].tolist(), "var": out["var"].tolist(),
+            "state_dim": model.config.state_dim, "meas_dim": model.config.meas_dim,
+            "uses_metadata": bool(model.uses_metadata), "uses_em": bool(model.uses_em), "trains_by_sgd": bool(model.trains_by_sgd),
+            "num_parameters": int(model.num_parameters()), "state": {k: list(v.shape) for k, v in model.init_state(1).items()}}
+
+
+def write_golden() -> None:
+    """Write expected.json and the checkpoints of GOLDEN_CHECKPOINTS into GOLDEN_DIR."""
+    import tempfile
+
+    from seqsense.fileio import write_json_atomic
+    from seqsense.models.checkpoint import save_checkpoint
+
+    GOLDEN_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        logs = golden_logs(Path(tmp))
+        expected = {"measurement": {k: WindowDataset(episode_refs([p]), build("kalman", p)[0].config.window_spec()).sequence(2)["measurement"].tolist()
+                                    for k, p in logs.items()}, "cases": {}}
+        for case in GOLDEN_CASES:
+            model, ds = golden_model(case, logs)
+            expected["cases"][case] = golden_record(model, ds)
+            if case in GOLDEN_CHECKPOINTS:
+                save_checkpoint(model, GOLDEN_DIR / case)
+        write_json_atomic(GOLDEN_DIR / "expected.json", expected)
+
+
+@pytest.fixture(scope="module")
+def golden():
+    """expected.json of the golden cases."""
+    from seqsense.fileio import from_json
+
+    return from_json((GOLDEN_DIR / "expected.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def golden_logs_here(tmp_path_factory, golden):
+    """The golden cases' logs, regenerated; their measurements must be the ones the golden outputs were computed on."""
+    logs = golden_logs(tmp_path_factory.mktemp("golden"))
+    for k, p in logs.items():
+        seq = WindowDataset(episode_refs([p]), build("kalman", p)[0].config.window_spec()).sequence(2)
+        np.testing.assert_array_equal(seq["measurement"], np.asarray(golden["measurement"][k], np.float32),
+                                      err_msg=f"golden log {k!r} is not the one expected.json was computed on")
+    return logs
+
+
+def assert_matches_golden(record: dict, want: dict, case: str) -> None:
+    """Equal flags, sizes and state shapes; predictions to 1e-6 (relative, variances also absolute 1e-9)."""
+    for key in want:
+        if key not in ("mean", "var"):
+            assert record[key] == want[key], (case, key, record[key], want[key])
+    np.testing.assert_allclose(record["mean"], want["mean"], rtol=1e-6, atol=1e-6, err_msg=f"{case}: mean")
+    np.testing.assert_allclose(record["var"], want["var"], rtol=1e-6, atol=1e-9, err_msg=f"{case}: var")
+
+
+@pytest.mark.parametrize("case", sorted(GOLDEN_CASES))
+def test_every_mode_reproduces_its_golden_outputs(case, golden, golden_logs_here):
+    model, ds = golden_model(case, golden_logs_here)
+    assert_matches_golden(golden_record(model, ds), golden["cases"][case], case)
+    seq = ds.sequence(0)
+    np.testing.assert_allclose(stream_through(model, seq)["mean"], model.predict(seq)["mean"], atol=1e-5)
+
+
+@pytest.mark.parametrize("case", GOLDEN_CHECKPOINTS)
+def test_checkpoints_saved_by_earlier_code_still_load(case, golden, golden_logs_here, tmp_path):
+    """Checkpoints written before the parts were composed load, predict the golden outputs, and save back the same way."""
+    import json
+
+    from seqsense.models.checkpoint import load_checkpoint, save_checkpoint
+
+    loaded = load_checkpoint(GOLDEN_DIR / case)
+    log, _ = GOLDEN_CASES[case]
+    ds = WindowDataset(episode_refs([golden_logs_here[log]]), loaded.config.window_spec())
+    assert_matches_golden(golden_record(loaded, ds), golden["cases"][case], case)
+    save_checkpoint(loaded, tmp_path / "again")
+    old, new = (json.loads((p).read_text()) for p in (GOLDEN_DIR / f"{case}.json", tmp_path / "again.json"))
+    assert new["config"] == old["config"] and new["num_parameters"] == old["num_parameters"]
+    again = load_checkpoint(tmp_path / "again")
+    np.testing.assert_array_equal(again.predict(ds.sequence(0))["mean"], loaded.predict(ds.sequence(0))["mean"])
+
+
+@pytest.mark.parametrize("case", sorted(c for c in GOLDEN_CASES if "unfitted" not in c))
+def test_every_mode_exports_and_passes_parity(case, golden_logs_here, tmp_path):
+    from seqsense import runtime
+    from seqsense.export import export_model
+    from seqsense.export.check import run_parity
+
+    model, ds = golden_model(case, golden_logs_here)
+    log, _ = GOLDEN_CASES[case]
+    export_model(model, tmp_path / "exp", {"extra": {"data": [str(golden_logs_here[log])]}}, parity_ticks=10, log=lambda m: None)
+    report = run_parity(model, runtime.load(tmp_path / "exp"), [list(ds.iter_ticks(k)) for k in range(len(ds.episodes))])
+    assert report["failure"] is None and report["max_rel_err"] < 1e-4, report
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--write-golden"]:
+        sys.exit("usage: python tests/test_kalman.py --write-golden")
+    write_golden()

@@ -125,7 +125,7 @@ def test_step_loop_equals_offline_predict(family, setup, twin, logs):
     pred = model.predictor()
     for _ in range(2):
         pred.reset()
-        got = [pred.step(tick) for tick in ds.iter_ticks(0)]
+        got = [pred.step_tick(tick) for tick in ds.iter_ticks(0)]
         if model.discrete:
             probs = torch.softmax(torch.as_tensor(offline[key]), -1).numpy()
             np.testing.assert_allclose(np.stack([g.probs for g in got]), probs, atol=1e-5)
@@ -238,6 +238,6 @@ def test_compiled_predictor_equals_eager(family, logs):
         eager.reset()
         compiled.reset()
         for tick in ds.iter_ticks(0):
-            a, b = eager.step(tick), compiled.step(tick)
+            a, b = eager.step_tick(tick), compiled.step_tick(tick)
             np.testing.assert_allclose(b.mean, a.mean, atol=1e-5, rtol=1e-5, err_msg=family)
             np.testing.assert_allclose(b.var, a.var, atol=1e-5, rtol=1e-5, err_msg=family)

@@ -189,3 +189,67 @@ def test_missing_or_broken_folder(tmp_path, rnn_dir):
     (rnn_dir / "manifest.json").unlink()
     with pytest.raises(CheckpointError, match="has no manifest.json"):
         runtime.load(rnn_dir)
+
+
+@pytest.mark.parametrize("case", ["rnn", "transformer", "kalman"])
+def test_io_bound_step_equals_a_plain_session_run_loop(case):
+    """The IO-bound step with its alternating state buffers gives what session.run with a dict feed gives, state carried by hand."""
+    pred = runtime.load(GOLDEN / case)
+    ref_builder = runtime.TickBuilder.from_manifest(pred.manifest)
+    names = [r["name"] for r in pred.manifest["graph"]["inputs"]]
+    state = pred.initial_state()
+    rng = np.random.default_rng(0)
+    shape = tuple(pred.manifest["streams"]["imu"]["shape"])
+    packed = pred.manifest["streams"]["imu"]["mode"] == "packed"
+    outs = []
+    for i in range(30):
+        t = i * 20_000_000
+        x = None if i % 4 == 3 else rng.standard_normal(((2,) if packed else ()) + shape)
+        obs = {"imu": x, "imu_t_ns": (np.array([t - 5_000_000, t]) if packed else t - 3_000_000) if x is not None else None}
+        got = pred.step(t, obs)
+        tick = ref_builder.build(t, obs)
+        res = pred.session.run(pred.output_names, {**{n: tick[n] for n in names}, **state})
+        heads = len(pred.heads)
+        state = {s["input"]: v for s, v in zip(pred.state_specs, res[heads:])}
+        np.testing.assert_array_equal(got.mean, res[0][0], err_msg=f"{case} tick {i}")
+        np.testing.assert_array_equal(got.var, res[1][0], err_msg=f"{case} tick {i}")
+        outs.append(got)
+    assert not np.array_equal(outs[0].mean, outs[-1].mean)  # predictions are copies, not views of a reused buffer
+
+
+def test_step_reuses_its_buffers():
+    pred = runtime.load(GOLDEN / "rnn")
+    tick_arrays = {k: id(v) for k, v in pred.tick.items()}
+    buffers = {id(b["state/h"]) for b in pred._buffers}
+    seen = set()
+    for i in range(4):
+        pred.step(i * 10**7, {"imu": np.ones(2, np.float32)})
+        seen.add(id(pred.state["state/h"]))
+    assert {k: id(v) for k, v in pred.tick.items()} == tick_arrays
+    assert seen == buffers  # the state alternates between the two preallocated buffers
+    pred.reset()
+    np.testing.assert_array_equal(pred.state["state/h"], 0)
+
+
+def test_step_and_step_tick_agree():
+    """The robot-facing step on raw samples and the adapter on the tick it built give the same prediction."""
+    a, b = runtime.load(GOLDEN / "rnn"), runtime.load(GOLDEN / "rnn")
+    rng = np.random.default_rng(1)
+    for i in range(10):
+        t = i * 50_000_000
+        obs = {"imu": None if i % 3 == 2 else rng.standard_normal(2), "imu_t_ns": t - 10_000_000}
+        pa = a.step(t, obs)
+        tick = {k: v[0] for k, v in a.tick.items()}
+        pb = b.step_tick(tick)
+        np.testing.assert_array_equal(pa.mean, pb.mean)
+        np.testing.assert_array_equal(pa.var, pb.var)
+
+
+def test_sample_stamps_give_the_age():
+    pred = runtime.load(GOLDEN / "rnn")
+    pred.step(100_000_000, {"imu": np.ones(2), "imu_t_ns": 70_000_000})
+    assert pred.tick["imu_age_s"][0] == np.float32(0.03)
+    pred.step(150_000_000, {"imu": None})
+    assert pred.tick["imu_age_s"][0] == np.float32(0.08)
+    with pytest.raises(ObservationError, match=r"Stream 'imu': sample time 60000000 ns goes backwards"):
+        pred.step(200_000_000, {"imu": np.ones(2), "imu_t_ns": 60_000_000})

@@ -41,7 +41,7 @@ def test_step_equals_predict_and_round_trip(tiny_log, tmp_path):
     seq = ds.sequence(0)
     offline = model.predict(seq)["mean"]
     pred = model.predictor()
-    streamed = np.stack([pred.step({k: v for k, v in t.items() if not k.startswith("target")}).mean for t in ds.iter_ticks(0)])
+    streamed = np.stack([pred.step_tick({k: v for k, v in t.items() if not k.startswith("target")}).mean for t in ds.iter_ticks(0)])
     np.testing.assert_allclose(streamed, offline, rtol=1e-5, atol=1e-5)
     save_checkpoint(model, tmp_path / "m")
     again = load_checkpoint(tmp_path / "m")

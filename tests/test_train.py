@@ -186,7 +186,7 @@ def test_label_target_infers_num_classes(tiny_log, tmp_path):
     assert res.config.num_classes == 2 and res.model.discrete
     pred = res.model.predictor()
     pred.reset()
-    out = pred.step(next(WindowDataset(episode_refs([tiny_log]), res.config.window_spec()).iter_ticks(0)))
+    out = pred.step_tick(next(WindowDataset(episode_refs([tiny_log]), res.config.window_spec()).iter_ticks(0)))
     assert out.probs.shape == (2,) and abs(out.probs.sum() - 1) < 1e-5
 
 

@@ -20,21 +20,33 @@ class Replay:
 
     def __init__(self, mean, var=None, probs=None):
         self.mean, self.var, self.probs = mean, var, probs
-        self.i = 0
+        self.i, self.seen = 0, []
 
     def reset(self):
-        self.i = 0
+        self.i, self.seen = 0, []
 
-    def step(self, tick):
+    def step(self, t_ns, observations):
+        self.seen.append(("step", int(t_ns)))
+        return self._next()
+
+    def step_tick(self, tick):
+        self.seen.append(("step_tick", int(tick["t_ns"])))
+        return self._next()
+
+    def _next(self):
         i, self.i = self.i, self.i + 1
         return Prediction(self.mean[i], None if self.var is None else self.var[i],
                           None if self.probs is None else self.probs[i])
 
 
-def _drive(predictor, t):
+def _drive(predictor, t, form="tick"):
+    """Reset and step `predictor` at times t (s): through `step_tick` with dataset ticks, or `step` with raw observations."""
     predictor.reset()
-    out = [predictor.step({"t_ns": np.int64(ti * 1e9), "dt_s": np.float32(dt)})
-           for ti, dt in zip(t, np.diff(t, prepend=t[0]))]
+    t_ns = np.round(np.asarray(t) * 1e9).astype(np.int64)
+    if form == "tick":
+        out = [predictor.step_tick({"t_ns": ti, "dt_s": np.float32(dt)}) for ti, dt in zip(t_ns, np.diff(t, prepend=t[0]))]
+    else:
+        out = [predictor.step(int(ti), {}) for ti in t_ns]
     mean = np.stack([p.mean for p in out])
     var = None if out[0].var is None else np.stack([p.var for p in out])
     return mean, var, out
@@ -52,26 +64,31 @@ def jittery():
 @pytest.mark.parametrize("make", [lambda p: ExponentialSmoothing(p, alpha=0.3),
                                   lambda p: ExponentialSmoothing(p, tau_s=0.05),
                                   lambda p: TemporalEnsemble(p, k=8, m=0.1)])
-def test_wrappers_trade_jitter_for_lag(jittery, make):
+@pytest.mark.parametrize("form", ["tick", "raw"])
+def test_wrappers_trade_jitter_for_lag(jittery, make, form):
     t, y, p, v = jittery
     wrapped = make(Replay(p, v))
     assert isinstance(wrapped, StreamingPredictor)
-    mean, var, _ = _drive(wrapped, t)
+    mean, var, _ = _drive(wrapped, t, form)
     assert M.tv_ratio(y, mean) < 0.6 * M.tv_ratio(y, p)
     assert M.flicker(y, mean) < M.flicker(y, p)
     assert M.lag_s(t, y, mean) > M.lag_s(t, y, p) == 0.0
     assert var.shape == p.shape and (var > 0).all()
 
 
-def test_streaming_equals_offline(jittery):
+@pytest.mark.parametrize("form", ["tick", "raw"])
+def test_streaming_equals_offline(jittery, form):
     t, _, p, v = jittery
     for wrapper, offline in [(ExponentialSmoothing(Replay(p, v), alpha=0.3), exponential_smoothing(p, 0.3, var=v)),
                              (ExponentialSmoothing(Replay(p, v), tau_s=0.1), exponential_smoothing(p, tau_s=0.1, t_s=t, var=v)),
                              (TemporalEnsemble(Replay(p, v), k=5, m=0.5), temporal_ensemble(p, 5, 0.5, var=v))]:
-        mean, var, _ = _drive(wrapper, t)
+        mean, var, _ = _drive(wrapper, t, form)
         # the tick carries dt_s as float32, so the tau form agrees to float32 precision
         np.testing.assert_allclose(mean, offline[0], atol=1e-6)
         np.testing.assert_allclose(var, offline[1], atol=1e-6)
+        # each form reaches the inner predictor as the same form, at the same times
+        want = "step_tick" if form == "tick" else "step"
+        assert wrapper.predictor.seen == [(want, int(round(ti * 1e9))) for ti in t]
 
 
 def test_tau_matches_alpha_on_regular_ticks(jittery):

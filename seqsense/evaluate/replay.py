@@ -66,7 +66,7 @@ def _replay(predictor, dataset: WindowDataset, k: int) -> Replay:
     for tick in dataset.iter_ticks(k):
         inputs = {key: v for key, v in tick.items() if key not in TARGET_KEYS}
         t0 = time.perf_counter()
-        pred = predictor.step(inputs)
+        pred = predictor.step_tick(inputs)
         step_s.append(time.perf_counter() - t0)
         t.append(tick["t_ns"])
         y.append(tick["target"])

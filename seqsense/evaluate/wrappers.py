@@ -9,8 +9,13 @@ moving input widens the output's interval instead of hiding behind the averaging
 output no variance when the inner predictor gives none. Class probabilities are averaged with
 the same weights.
 
+Both follow the predictor contract (`seqsense.predictor`): `step(t_ns, observations)` passes the
+raw observations to the inner predictor's `step`, and `step_tick(tick)` a dataset tick to its
+`step_tick`; the smoothing is the same.
+
 ExponentialSmoothing: μ_k = α_k x_k + (1 − α_k) μ_{k−1}, α_k = alpha, or α_k = 1 − exp(−dt_k / tau_s)
-with dt_k the tick's `dt_s` (α = 1 at the first tick); the second moment is smoothed the same way.
+with dt_k the time since the previous tick (from successive `t_ns` in `step`, the tick's `dt_s` in
+`step_tick`; α = 1 at the first tick); the second moment is smoothed the same way.
 TemporalEnsemble (ACT-style): keeps the last k predictions, weights w ∝ exp(−m · age) with age in
 ticks (0 = newest). For a chunk predictor (mean of shape (H, D): predictions for this tick and the
 next H − 1) the prediction made `age` ticks ago contributes its row `age`, as in ACT; for a
@@ -26,6 +31,8 @@ import math
 import numpy as np
 
 from seqsense.predictor import Prediction, StreamingPredictor
+
+NS_PER_S = 1_000_000_000
 
 
 def _check_alpha(alpha, tau_s) -> None:
@@ -53,12 +60,23 @@ class ExponentialSmoothing:
         """Reset the inner predictor and forget the smoothed state."""
         self.predictor.reset()
         self._m1 = self._m2 = self._probs = None
+        self._prev_t_ns: int | None = None
 
-    def step(self, tick: dict) -> Prediction:
-        """Smooth the inner prediction for this tick (α from alpha, or from the tick's dt_s and tau_s)."""
-        p = self.predictor.step(tick)
+    def step(self, t_ns: int, observations: dict) -> Prediction:
+        """Smooth the inner prediction at tick time `t_ns` (α from alpha, or from the time since the previous tick and tau_s)."""
+        p = self.predictor.step(t_ns, observations)
+        t = int(t_ns)
+        dt = 0.0 if self._prev_t_ns is None else (t - self._prev_t_ns) / NS_PER_S
+        self._prev_t_ns = t
+        return self._smooth(p, dt)
+
+    def step_tick(self, tick: dict) -> Prediction:
+        """Internal adapter: smooth the inner prediction of a dataset tick (α from alpha, or from its dt_s and tau_s)."""
+        return self._smooth(self.predictor.step_tick(tick), float(tick.get("dt_s", 0.0)))
+
+    def _smooth(self, p: Prediction, dt_s: float) -> Prediction:
         x = np.asarray(p.mean, dtype=np.float64)
-        a = 1.0 if self._m1 is None else _alpha(self.alpha, self.tau_s, float(tick.get("dt_s", 0.0)))
+        a = 1.0 if self._m1 is None else _alpha(self.alpha, self.tau_s, dt_s)
         m2_in = x**2 + (np.asarray(p.var, dtype=np.float64) if p.var is not None else 0.0)
         if self._m1 is None:
             self._m1, self._m2 = x.copy(), m2_in
@@ -94,9 +112,16 @@ class TemporalEnsemble:
         self.predictor.reset()
         self._buf: collections.deque[Prediction] = collections.deque(maxlen=self.k)
 
-    def step(self, tick: dict) -> Prediction:
-        """Add the inner prediction to the buffer and return the weighted ensemble for this tick."""
-        self._buf.appendleft(self.predictor.step(tick))  # index = age in ticks
+    def step(self, t_ns: int, observations: dict) -> Prediction:
+        """Add the inner prediction at tick time `t_ns` to the buffer and return the weighted ensemble."""
+        return self._ensemble(self.predictor.step(t_ns, observations))
+
+    def step_tick(self, tick: dict) -> Prediction:
+        """Internal adapter: the same on a dataset tick."""
+        return self._ensemble(self.predictor.step_tick(tick))
+
+    def _ensemble(self, new: Prediction) -> Prediction:
+        self._buf.appendleft(new)  # index = age in ticks
         means, variances, probs, w = [], [], [], []
         for age, p in enumerate(self._buf):
             mean = np.asarray(p.mean, dtype=np.float64)

@@ -1,5 +1,9 @@
 """The self-check of an export: onnx checker, then onnxruntime against the torch predictor, tick by tick.
 
+Both predictors take the same dataset ticks through their `step_tick` adapter (`seqsense.predictor`),
+so the check compares the graph with the model; the causal sampling of `step(t_ns, observations)`
+is one shared implementation (`seqsense.ticks`), tested against the dataset on its own.
+
 Ticks come from the training logs named in the checkpoint's provenance when they are reachable (the
 held-out episodes first), else from `random_ticks`: random but valid ticks (images uint8, vectors
 around the training statistics, mostly-valid flags, small ages, increasing times at the clock's rate).
@@ -115,7 +119,7 @@ def run_parity(model, predictor, episodes: list[list[dict]]) -> dict:
         torch_pred.reset()
         predictor.reset()
         for i, tick in enumerate(ticks_e):
-            want = torch_pred.step(tick)
+            want = torch_pred.step_tick(tick)
             got = predictor.step_tick(tick)
             pairs = [(got.probs, want.probs)] if want.probs is not None else [(got.mean, want.mean), (got.var, want.var)]
             for a, b in pairs:

@@ -3,8 +3,10 @@
 `StepModule` wraps `model.step(tick, state)` so that forward takes the tick keys of `tick_layout` and
 the state tensors in a fixed order and returns the prediction heads and the next state. The TorchScript
 exporter (`dynamo=False`) traces it; Python loops over static sizes unroll into the graph.
-ONNX has no Cholesky op, so `exportable_ops()` swaps the Kalman update's Cholesky factor and solves
-for unrolled forms of the same maths while tracing (m, the measurement size, is static).
+Ops ONNX lacks are the model's to avoid, explicitly: e.g. the `kalman` filter core calls
+`statespace.update(..., exportable=True)` (Cholesky factor and solves unrolled) while
+`torch.onnx.is_in_onnx_export()`. Nothing here replaces model code; `onnx_symbolics()` only registers an
+ONNX form for `diag_embed` with torch's exporter for the duration of the export.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import torch
 from torch import nn
 
 from seqsense.errors import SeqsenseError
-from seqsense.models import statespace as ss
 from seqsense.runtime import MODEL_FILE
 
 DEFAULT_OPSET = 17
@@ -69,54 +70,6 @@ class StepModule(nn.Module):
         return heads + tuple(nxt[k] for k in self.state_names)
 
 
-def _cholesky_unrolled(S: torch.Tensor) -> torch.Tensor:
-    """Lower Cholesky factor of S (..., m, m) with m static, as plain ops ONNX can express."""
-    m = S.shape[-1]
-    cols: list[list[torch.Tensor]] = [[None] * m for _ in range(m)]  # cols[i][j] = L[..., i, j]
-    for j in range(m):
-        d = S[..., j, j] - sum((cols[j][k] ** 2 for k in range(j)), torch.zeros_like(S[..., j, j]))
-        cols[j][j] = torch.sqrt(d)
-        for i in range(j + 1, m):
-            acc = S[..., i, j] - sum((cols[i][k] * cols[j][k] for k in range(j)), torch.zeros_like(S[..., i, j]))
-            cols[i][j] = acc / cols[j][j]
-    zero = torch.zeros_like(S[..., 0, 0])
-    return torch.stack([torch.stack([cols[i][j] if j <= i else zero for j in range(m)], -1) for i in range(m)], -2)
-
-
-def _cho_solve_unrolled(b: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
-    """x with L Lᵀ x = b for b (..., m, k), by unrolled forward and backward substitution."""
-    m = L.shape[-1]
-    y: list[torch.Tensor] = []
-    for i in range(m):
-        acc = b[..., i, :] - sum((L[..., i, k, None] * y[k] for k in range(i)), torch.zeros_like(b[..., i, :]))
-        y.append(acc / L[..., i, i, None])
-    x: list[torch.Tensor] = [None] * m
-    for i in reversed(range(m)):
-        acc = y[i] - sum((L[..., k, i, None] * x[k] for k in range(i + 1, m)), torch.zeros_like(y[i]))
-        x[i] = acc / L[..., i, i, None]
-    return torch.stack(x, -2)
-
-
-def update_exportable(m, P, z, H, R, valid=None):
-    """`statespace.update` with the Cholesky factor and solves unrolled (ONNX has no Cholesky op); same maths."""
-    Ht = H.transpose(-1, -2)
-    v = z - m @ Ht  # (B, m)
-    PHt = P @ Ht  # (B, n, m)
-    S = H @ PHt + R
-    S = 0.5 * (S + S.transpose(-1, -2))
-    L = _cholesky_unrolled(S)
-    K = _cho_solve_unrolled(PHt.transpose(-1, -2), L).transpose(-1, -2)  # (B, n, m)
-    m_new = m + (K @ v.unsqueeze(-1)).squeeze(-1)
-    IKH = torch.eye(H.shape[-1], dtype=P.dtype) - K @ H
-    P_new = IKH @ P @ IKH.transpose(-1, -2) + K @ R @ K.transpose(-1, -2)
-    P_new = 0.5 * (P_new + P_new.transpose(-1, -2))
-    ll = torch.zeros(m.shape[:-1], dtype=m.dtype)  # unused by `step`
-    if valid is None:
-        return m_new, P_new, ll
-    ok = valid.to(torch.bool)
-    return torch.where(ok.unsqueeze(-1), m_new, m), torch.where(ok[..., None, None], P_new, P), ll
-
-
 def _diag_embed_symbolic(g, x, offset, dim1, dim2):
     """ONNX for `torch.diag_embed(x)` (default offset and dims, static last size): x[..., :, None] * I."""
     from torch.onnx import symbolic_helper as sh
@@ -130,15 +83,12 @@ def _diag_embed_symbolic(g, x, offset, dim1, dim2):
 
 
 @contextlib.contextmanager
-def exportable_ops(opset: int):
-    """While tracing, give ONNX forms to the few ops it lacks: Cholesky in the Kalman update, diag_embed."""
-    saved = ss.update
-    ss.update = update_exportable
+def onnx_symbolics(opset: int):
+    """While exporting, register the ONNX form of `diag_embed` (through torch's symbolic registry); unregister after."""
     torch.onnx.register_custom_op_symbolic("aten::diag_embed", _diag_embed_symbolic, opset)
     try:
         yield
     finally:
-        ss.update = saved
         torch.onnx.unregister_custom_op_symbolic("aten::diag_embed", opset)
 
 
@@ -170,7 +120,7 @@ def export_onnx(model, path: Path, opset: int = DEFAULT_OPSET) -> dict:
     in_names = [r["name"] for r in layout] + [f"state/{k}" for k in state_names]
     out_names = heads + [f"next_state/{k}" for k in state_names]
     args = _example_inputs(layout, state)
-    with torch.no_grad(), exportable_ops(opset), warnings.catch_warnings():
+    with torch.no_grad(), onnx_symbolics(opset), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on constant shapes and batch size 1, which is the point here
         torch.onnx.export(
             wrapper, args, str(path), input_names=in_names, output_names=out_names, opset_version=opset,

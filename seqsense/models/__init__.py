@@ -6,6 +6,7 @@ from seqsense.models.base import MODELS, ModelConfig, SequenceModel, get_model_c
 import seqsense.models.ekf  # noqa: E402,F401
 import seqsense.models.framewise  # noqa: E402,F401
 import seqsense.models.gp  # noqa: E402,F401
+import seqsense.models.hybrid  # noqa: E402,F401
 import seqsense.models.kalman  # noqa: E402,F401
 import seqsense.models.rnn  # noqa: E402,F401
 import seqsense.models.transformer  # noqa: E402,F401

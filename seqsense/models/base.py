@@ -26,6 +26,24 @@ Training and `fit_extra` therefore see the twin as what it is (a family's fit th
 terms of `loss` checks `self.config.memoryless` itself). A family opts a method out of the wrapping
 with `@twin_aware` when it handles twins in its own form. `twin_overrides()` gives the config
 overrides that turn a config into its twin; `has_memory` says whether an instance has memory.
+
+**Stateful windows (truncated back-propagation through time).** A window of T ticks is too short to
+learn what integrates over seconds (a 16-tick window of a 285 Hz IMU is 56 ms). A family whose state
+can be carried from one window into the next declares `supports_stateful = True` and implements
+
+    forward_stateful(batch, state) -> (out, next_state)
+
+over windows (B, T, ...) that continue from `state` (`None`: `init_state(B)`), returning the outputs
+of `forward` and the state after the window's last tick, in the layout of `init_state`/`step` (so a
+loop of `step` over the concatenated windows gives the same numbers). `state_batch_dims` names the
+batch axis of each state tensor that is not axis 0 (an RNN's h is (layers, B, H)), so that
+`reset_rows(state, reset)` can put single rows back to `init_state` when their stream of windows
+moves to another episode. With `ModelConfig.stateful=True` the training loop
+(`seqsense.train`) reads `stateful_batch` episode streams side by side, `tbptt_window` ticks at a
+time in episode order (`seqsense.dataset.ConsecutiveWindows`), calls `loss_stateful(batch, state)`
+and carries the returned state, detached, into the next window. Memoryless families and twins have
+no state to carry (`forward_stateful` is `forward` with state `{}`); a family with memory that does not
+implement it gets a ConfigError naming the families that do. Validation windows still start from reset.
 """
 
 from __future__ import annotations
@@ -42,6 +60,7 @@ from torch import nn
 from seqsense.dataset import StreamInfo, WindowSpec
 from seqsense.errors import ConfigError
 from seqsense.predictor import Prediction
+from seqsense.ticks import BuiltTicks
 
 MODELS: dict[str, tuple[type, type]] = {}  # name -> (ModelClass, ConfigClass)
 
@@ -92,6 +111,9 @@ class ModelConfig:
     num_classes: int = 0  # classes of a label target; 0 = infer from the training split
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
     memoryless: bool = False  # this model is its family's memoryless twin: same architecture and parameters, memory cut
+    stateful: bool = False  # train by truncated BPTT: the state is carried (detached) from window to window of an episode
+    tbptt_window: int = 0  # ticks per stateful training window; 0 = `window`
+    stateful_batch: int = 0  # episode streams read side by side in stateful training; 0 = `batch_size`
 
     def __post_init__(self):
         self.inputs = tuple(self.inputs)
@@ -107,11 +129,29 @@ class ModelConfig:
         if not isinstance(self.memoryless, (bool, np.bool_)):
             raise ConfigError(f"{type(self).__name__}: memoryless must be true or false, got {self.memoryless!r}.")
         self.memoryless = bool(self.memoryless)
+        if not isinstance(self.stateful, (bool, np.bool_)):
+            raise ConfigError(f"{type(self).__name__}: stateful must be true or false, got {self.stateful!r}.")
+        self.stateful = bool(self.stateful)
+        if self.tbptt_window < 0 or self.stateful_batch < 0:
+            raise ConfigError(
+                f"{type(self).__name__}: tbptt_window and stateful_batch must be >= 0 (0 = window / batch_size); "
+                f"got tbptt_window={self.tbptt_window}, stateful_batch={self.stateful_batch}."
+            )
         if self.val_every < 1 or self.num_classes < 0 or self.grad_clip < 0:
             raise ConfigError(
                 f"{type(self).__name__}: need val_every >= 1, num_classes >= 0, grad_clip >= 0; "
                 f"got val_every={self.val_every}, num_classes={self.num_classes}, grad_clip={self.grad_clip}."
             )
+
+    @property
+    def train_window(self) -> int:
+        """Ticks per training window: `tbptt_window` (or `window`) when stateful, else `window`."""
+        return (self.tbptt_window or self.window) if self.stateful else self.window
+
+    @property
+    def train_rows(self) -> int:
+        """Windows per training batch: `stateful_batch` (or `batch_size`) episode streams when stateful."""
+        return (self.stateful_batch or self.batch_size) if self.stateful else self.batch_size
 
     def window_spec(self, window: int | None = None) -> WindowSpec:
         """The dataset windows this model trains on (or `window` ticks for evaluation)."""
@@ -210,7 +250,20 @@ def _twin_step(fn: Callable) -> Callable:
     return twin_aware(step)
 
 
-TWIN_WRAPPERS = {"forward": _twin_forward, "loss": _twin_loss, "init_state": _twin_init_state, "step": _twin_step}
+def _twin_forward_stateful(fn: Callable) -> Callable:
+    """`forward_stateful` for twins: the twin's forward (ticks folded); there is no state to carry."""
+
+    @functools.wraps(fn)
+    def forward_stateful(self, batch, state=None):
+        if not self._memory_cut:
+            return fn(self, batch, state)
+        return self(batch), {}
+
+    return twin_aware(forward_stateful)
+
+
+TWIN_WRAPPERS = {"forward": _twin_forward, "loss": _twin_loss, "init_state": _twin_init_state, "step": _twin_step,
+                 "forward_stateful": _twin_forward_stateful}
 
 
 class SequenceModel(nn.Module):
@@ -222,6 +275,8 @@ class SequenceModel(nn.Module):
     input_kinds: tuple[str, ...] = ("image", "vector", "scalar")  # stream kinds the family can read
     reads_packed = True  # whether the family can read high-rate inputs packed K samples a tick (else: latest sample)
     target_kinds: tuple[str, ...] = ("vector", "scalar", "label", "event")  # and can predict
+    supports_stateful = False  # whether forward_stateful carries the state across windows (module docstring)
+    state_batch_dims: dict[str, int] = {}  # state key -> its batch axis, where that is not 0
 
     def __init_subclass__(cls, **kwargs):
         """Wrap the family's forward/loss/init_state/step so that a twin cuts memory (module docstring)."""
@@ -303,7 +358,48 @@ class SequenceModel(nn.Module):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Training loss over the valid ticks of a batch (Gaussian NLL in normalized units, or CE)."""
-        out = self(batch)
+        return self.loss_of(self(batch), batch)
+
+    def forward_stateful(self, batch: dict[str, torch.Tensor], state: dict[str, torch.Tensor] | None = None):
+        """Windows (B, T, ...) continuing from `state` (None: reset) -> (out as `forward`, state after the last tick)."""
+        if not self.has_memory:
+            return self(batch), {}
+        raise self.stateful_error()
+
+    def stateful_error(self) -> ConfigError:
+        """The error for stateful training of a family with memory that does not implement `forward_stateful`."""
+        able = sorted(n for n, (cls, _) in MODELS.items() if cls.supports_stateful or cls.memoryless)
+        return ConfigError(
+            f"Model {self.family!r} cannot carry its state across training windows (stateful=true); families that can: "
+            f"{', '.join(able)}. Train {self.family!r} with stateful=false (and a longer window), or pick one of those."
+        )
+
+    def loss_stateful(self, batch: dict[str, torch.Tensor], state: dict[str, torch.Tensor] | None = None):
+        """(`loss` of windows continuing from `state`, the state after them) for stateful training.
+
+        Windows read in episode order cannot skip a stretch without a valid target (truth dropouts):
+        such a batch's loss is 0, still tied to the outputs so that every process of a DDP run steps alike.
+        """
+        out, nxt = self.forward_stateful(batch, state)
+        if not bool((batch["target_valid"] & ~batch["tick_is_pad"]).any()):
+            return sum(v.sum() for v in out.values()) * 0.0, nxt
+        return self.loss_of(out, batch), nxt
+
+    def reset_rows(self, state: dict[str, torch.Tensor], reset: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`state` with the rows where `reset` (B,) bool is True put back to `init_state`."""
+        if not state:
+            return state
+        fresh = self.init_state(int(reset.shape[0]))
+        out = {}
+        for k, v in state.items():
+            dim = self.state_batch_dims.get(k, 0)
+            shape = [1] * v.dim()
+            shape[dim] = -1
+            out[k] = torch.where(reset.to(v.device).reshape(shape), fresh[k].to(v.dtype), v)
+        return out
+
+    def loss_of(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss of outputs `out` of windows `batch` over its valid ticks (see `loss`)."""
         valid = batch["target_valid"] & ~batch["tick_is_pad"]
         if self.discrete:
             logits = out["logits"][valid]
@@ -314,8 +410,14 @@ class SequenceModel(nn.Module):
         nll = 0.5 * (torch.log(var) + (y - mu) ** 2 / var)
         return nll[valid].mean()
 
-    def fit_extra(self, train_dataset, log=print) -> None:
-        """Closed-form or marginal-likelihood fitting a family does besides (or instead of) SGD."""
+    def fit_start(self, train_dataset, log=print) -> None:
+        """Fitting a family does before the SGD loop (e.g. a filter's noise that the learned part then corrects)."""
+
+    def fit_extra(self, train_dataset, log=print, val_dataset=None) -> None:
+        """Closed-form or marginal-likelihood fitting a family does besides (or instead of) SGD.
+
+        `val_dataset` (the validation episodes training split off, or None) lets a fit check itself there.
+        """
 
     @property
     def trains_by_sgd(self) -> bool:
@@ -347,9 +449,11 @@ class SequenceModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-class TorchPredictor:
-    """Streams ticks through a SequenceModel's `step`, holding its explicit state between calls.
+class TorchPredictor(BuiltTicks):
+    """Streams a SequenceModel's `step` under the predictor contract (`seqsense.predictor`), holding its explicit state.
 
+    `step(t_ns, observations)` builds the tick with the same `seqsense.ticks.TickBuilder` the exported
+    runtime uses; `step_tick(tick)` is the internal adapter taking a dataset tick as it is (replay).
     With `compile=True` the step goes through `torch.compile` (static shapes): the first
     step compiles it (seconds to a minute, and a C++ compiler must be on PATH), later steps run the
     fused kernels at a fraction of the eager dispatch cost of a batch-1 tick. The outputs equal the
@@ -357,21 +461,34 @@ class TorchPredictor:
     """
 
     def __init__(self, model: SequenceModel, compile: bool = False):
+        from seqsense.ticks import TickBuilder
+
         self.model = model.eval()
         self.device = model.device
         self.state: dict[str, torch.Tensor] = {}
         suffixes = ("", "_age_s", "_valid", "_mask")
         self.keys = {"dt_s"} | {s + x for s in model.config.inputs for x in suffixes}  # what step reads
+        self.builder = TickBuilder.from_config(model.config, model.streams, batch=True)
+        self.tick = self.builder.tick  # (1, ...) arrays, refilled at every `step`
         self._step = torch.compile(model.step, dynamic=False) if compile else model.step
         self.reset()
 
     def reset(self) -> None:
-        """Forget all state: the next `step` is the first tick of a new log."""
+        """Forget all state: the next step is the first tick of a new log."""
         self.state = self.model.init_state(1)
+        self.builder.reset()
 
-    def step(self, tick: dict[str, np.ndarray]) -> Prediction:
-        """Consume one tick's inputs (numpy, no batch axis) and return its prediction."""
-        x = {k: torch.as_tensor(np.asarray(v)[None], device=self.device) for k, v in tick.items() if k in self.keys}
+    def step(self, t_ns: int, observations: dict) -> Prediction:
+        """Consume the samples that arrived by tick time `t_ns` (ns) and return the tick's prediction."""
+        tick = self.builder.build(t_ns, observations)
+        # copies: a family may keep an input tensor in its state, and the builder refills its arrays
+        return self._run({k: torch.tensor(v, device=self.device) for k, v in tick.items() if k in self.keys})
+
+    def step_tick(self, tick: dict[str, np.ndarray]) -> Prediction:
+        """Internal adapter: one dataset-style tick (numpy, no batch axis) as it is, without sampling."""
+        return self._run({k: torch.as_tensor(np.asarray(v)[None], device=self.device) for k, v in tick.items() if k in self.keys})
+
+    def _run(self, x: dict[str, torch.Tensor]) -> Prediction:
         with torch.inference_mode():
             out, self.state = self._step(x, self.state)
         if "logits" in out:

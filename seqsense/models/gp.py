@@ -263,7 +263,7 @@ class GPModel(SequenceModel):
         """The GP's own parameters: raw lengthscale, outputscale and target noise."""
         return list(self.prior.parameters()) + list(self.likelihood.parameters())
 
-    def fit_extra(self, train_dataset, log=print) -> None:
+    def fit_extra(self, train_dataset, log=print, val_dataset=None) -> None:
         """Fit the kernel hyper-parameters and target noise alone (encoder frozen) by the filtering likelihood."""
         steps = self.config.extra_steps
         if steps == 0:

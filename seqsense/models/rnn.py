@@ -4,6 +4,12 @@ Each tick's features are joined with the time since the previous tick (`dt_s`, c
 can tell a dropped frame from a regular one. The offline `forward` runs the cell over the window
 from a zero state, which is exactly what a loop of `step` from `init_state` computes. Its memoryless
 twin (`memoryless=True`, built in `seqsense.models.base`) resets the state at every tick.
+
+Stateful training (`stateful=true`): `forward_stateful` runs the cell over a window from a carried
+(h, c) instead of zeros and returns the state after the window, so consecutive windows of an episode
+chain into one long sequence (truncated BPTT over `tbptt_window` ticks). High-rate inputs can be
+packed (`packed={"imu": K}` on a slower `rate_hz` clock): the shared TickEncoder encodes every sample
+since the previous tick and pools them, so the cell steps at the clock, not at the sensor rate.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ class RNNConfig(ModelConfig):
 class RNNModel(SequenceModel):
     """Owns the shared TickEncoder, a GRU/LSTM core and the head; state = h (and c for LSTM)."""
 
+    supports_stateful = True
+    state_batch_dims = {"h": 1, "c": 1}  # (layers, B, H)
+
     def __init__(self, config: RNNConfig, streams, normalization):
         super().__init__(config, streams, normalization)
         h = config.hidden
@@ -54,6 +63,20 @@ class RNNModel(SequenceModel):
         y, _ = self.core(self._features(batch))  # (B, T, H)
         return self.denormalize(self.head(y))
 
+    def forward_stateful(self, batch: dict[str, torch.Tensor], state: dict[str, torch.Tensor] | None = None):
+        """Windows (B, T, ...) continuing from `state` (None: zeros) -> (out, state after the last tick)."""
+        state = self.init_state(batch["dt_s"].shape[0]) if state is None else state
+        y, nxt = self._run_core(self._features(batch), state)  # (B, T, H)
+        return self.denormalize(self.head(y)), nxt
+
+    def _run_core(self, x: torch.Tensor, state: dict[str, torch.Tensor]):
+        """The recurrence over features (B, T, H + 1) from `state` -> (outputs (B, T, H), state after the last tick)."""
+        if self.config.cell == "lstm":
+            y, (h, c) = self.core(x, (state["h"], state["c"]))
+            return y, {"h": h, "c": c}
+        y, h = self.core(x, state["h"])
+        return y, {"h": h}
+
     def init_state(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
         """Zero hidden state: h (layers, B, H), plus c for an LSTM."""
         cfg = self.config
@@ -62,11 +85,5 @@ class RNNModel(SequenceModel):
 
     def step(self, tick: dict[str, torch.Tensor], state: dict[str, torch.Tensor]):
         """One tick (B, ...) -> (out (B, D), next state)."""
-        x = self._features(tick).unsqueeze(1)  # (B, 1, H + 1)
-        if self.config.cell == "lstm":
-            y, (h, c) = self.core(x, (state["h"], state["c"]))
-            nxt = {"h": h, "c": c}
-        else:
-            y, h = self.core(x, state["h"])
-            nxt = {"h": h}
+        y, nxt = self._run_core(self._features(tick).unsqueeze(1), state)  # (B, 1, H)
         return self.denormalize(self.head(y[:, 0])), nxt

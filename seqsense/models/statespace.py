@@ -29,6 +29,10 @@ dense GP posterior of f(t_k) given z_1..z_k, at O(s³) cost per step whatever th
     update:   v = z − H m⁻,  S = H P⁻ Hᵀ + R,  K = P⁻ Hᵀ S⁻¹,
               m = m⁻ + K v,  P = (I − K H) P⁻ (I − K H)ᵀ + K R Kᵀ   (Joseph form)
     log-lik:  log N(v; 0, S)   (summed over steps: the prediction-error decomposition of log p(z_1:k))
+
+ONNX has no Cholesky op: `update(..., exportable=True)` (or `update_exportable`) runs the same maths with
+the factor and the solves unrolled over the static measurement size m, for a caller tracing a graph
+(the `kalman` filter core picks it while `torch.onnx.export` traces).
 """
 
 from __future__ import annotations
@@ -156,26 +160,67 @@ def update_first(m: torch.Tensor, P: torch.Tensor, z: torch.Tensor, r: torch.Ten
     return _keep_where_invalid(valid, (m, P), (m_new, P_new, ll))
 
 
-def update(m: torch.Tensor, P: torch.Tensor, z: torch.Tensor, H: torch.Tensor, R: torch.Tensor, valid: torch.Tensor | None = None):
+def cholesky_unrolled(S: torch.Tensor) -> torch.Tensor:
+    """Lower Cholesky factor of S (..., m, m), m static, as plain ops ONNX can express (it has no Cholesky op)."""
+    m = S.shape[-1]
+    cols: list[list[torch.Tensor]] = [[None] * m for _ in range(m)]  # cols[i][j] = L[..., i, j]
+    for j in range(m):
+        d = S[..., j, j] - sum((cols[j][k] ** 2 for k in range(j)), torch.zeros_like(S[..., j, j]))
+        cols[j][j] = torch.sqrt(d)
+        for i in range(j + 1, m):
+            acc = S[..., i, j] - sum((cols[i][k] * cols[j][k] for k in range(j)), torch.zeros_like(S[..., i, j]))
+            cols[i][j] = acc / cols[j][j]
+    zero = torch.zeros_like(S[..., 0, 0])
+    return torch.stack([torch.stack([cols[i][j] if j <= i else zero for j in range(m)], -1) for i in range(m)], -2)
+
+
+def cho_solve_unrolled(b: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+    """x with L Lᵀ x = b for b (..., m, k), by unrolled forward and backward substitution (m static)."""
+    m = L.shape[-1]
+    y: list[torch.Tensor] = []
+    for i in range(m):
+        acc = b[..., i, :] - sum((L[..., i, k, None] * y[k] for k in range(i)), torch.zeros_like(b[..., i, :]))
+        y.append(acc / L[..., i, i, None])
+    x: list[torch.Tensor] = [None] * m
+    for i in reversed(range(m)):
+        acc = y[i] - sum((L[..., k, i, None] * x[k] for k in range(i + 1, m)), torch.zeros_like(y[i]))
+        x[i] = acc / L[..., i, i, None]
+    return torch.stack(x, -2)
+
+
+def update(m: torch.Tensor, P: torch.Tensor, z: torch.Tensor, H: torch.Tensor, R: torch.Tensor, valid: torch.Tensor | None = None,
+           exportable: bool = False):
     """Kalman update (Joseph form) of m (B, n), P (B, n, n) with z (B, m), H (m, n), R (B or 1, m, m).
 
     Returns (m, P, log-likelihood (B,)); rows where `valid` (B,) is False keep their state.
+    `exportable`: factor S and solve with it by the unrolled `cholesky_unrolled` / `cho_solve_unrolled`
+    (the same maths in plain ops, for ONNX graphs) instead of `torch.linalg.cholesky` / `cholesky_solve`.
     """
     Ht = H.transpose(-1, -2)  # (n, m)
     v = z - m @ Ht  # (B, m)
     PHt = P @ Ht  # (B, n, m)
     S = H @ PHt + R  # (B, m, m)
     S = 0.5 * (S + S.transpose(-1, -2))
-    L = torch.linalg.cholesky(S)
-    K = torch.cholesky_solve(PHt.transpose(-1, -2), L).transpose(-1, -2)  # (B, n, m) = P Hᵀ S⁻¹
+    if exportable:
+        L = cholesky_unrolled(S)
+        solve = lambda b: cho_solve_unrolled(b, L)  # noqa: E731
+    else:
+        L = torch.linalg.cholesky(S)
+        solve = lambda b: torch.cholesky_solve(b, L)  # noqa: E731
+    K = solve(PHt.transpose(-1, -2)).transpose(-1, -2)  # (B, n, m) = P Hᵀ S⁻¹
     m_new = m + (K @ v.unsqueeze(-1)).squeeze(-1)
     IKH = torch.eye(H.shape[-1], dtype=P.dtype, device=P.device) - K @ H  # (B, n, n)
     P_new = IKH @ P @ IKH.transpose(-1, -2) + K @ R @ K.transpose(-1, -2)
     P_new = 0.5 * (P_new + P_new.transpose(-1, -2))
-    w = torch.cholesky_solve(v.unsqueeze(-1), L).squeeze(-1)  # (B, m) = S⁻¹ v
+    w = solve(v.unsqueeze(-1)).squeeze(-1)  # (B, m) = S⁻¹ v
     logdet = 2.0 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
     ll = -0.5 * (v.shape[-1] * LOG_2PI + logdet + (v * w).sum(-1))  # (B,)
     return _keep_where_invalid(valid, (m, P), (m_new, P_new, ll))
+
+
+def update_exportable(m: torch.Tensor, P: torch.Tensor, z: torch.Tensor, H: torch.Tensor, R: torch.Tensor, valid: torch.Tensor | None = None):
+    """`update` with `exportable=True`: Cholesky factor and solves unrolled, for graphs traced to ONNX."""
+    return update(m, P, z, H, R, valid, exportable=True)
 
 
 def matern_filter(t_s: torch.Tensor, y: torch.Tensor, nu: float, lengthscale, outputscale, noise):
