@@ -21,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inputs", nargs="+", metavar="STREAM", help="with --data: the input streams")
     p.add_argument("--target", metavar="STREAM", help="with --data: the target stream (e.g. truth/gravity_body)")
     p.add_argument("--test-fraction", type=float, default=0.3, metavar="F", help="with --data: share of episodes held out for testing (default 0.3)")
+    p.add_argument("--model-set", action="append", default=[], metavar="FAMILY.KEY=VALUE",
+                   help="with --data: a setting for one family and its twin, e.g. rnn.stateful=true rnn.tbptt_window=64 "
+                        "(repeatable; see seqsense.train.STATEFUL_IMU_DEFAULTS for a raw IMU)")
     p.add_argument("--name", default="recorded", metavar="NAME", help="with --data: the cell's name in the report (default: recorded)")
     p.add_argument("--out", default="study_out", metavar="DIR", help="output folder (default: study_out); reused to resume")
     p.add_argument("--seed", type=int, action="append", metavar="S", help="seed(s) to run (repeatable); default 0, or 0 1 2 with --full")
@@ -54,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.inputs or not args.target:
             raise ConfigError("--data needs --inputs STREAM... and --target STREAM.")
         overrides["recipe"] = str(data_recipe(args))
-    elif args.inputs or args.target or args.test_data:
-        raise ConfigError("--inputs, --target and --test-data apply to --data only (a recipe names each cell's own).")
+    elif args.inputs or args.target or args.test_data or args.model_set:
+        raise ConfigError("--inputs, --target, --test-data and --model-set apply to --data only (a recipe names each cell's own).")
     if args.recipe:
         overrides["recipe"] = args.recipe
     if args.seed:
@@ -82,10 +85,24 @@ def data_recipe(args: argparse.Namespace):
 
     cell = {"name": args.name, "logs": [str(Path(p).resolve()) for p in args.data], "inputs": list(args.inputs),
             "target": args.target, "test_fraction": args.test_fraction,
-            "test_logs": [str(Path(p).resolve()) for p in args.test_data or []]}
+            "test_logs": [str(Path(p).resolve()) for p in args.test_data or []], "model_settings": model_settings(args.model_set)}
     validate_data_cell(cell, where="--data")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "recipe.json"
     write_json_atomic(path, {"name": args.name, "description": "recorded logs given to seqsense study --data", "seed": 0, "cells": [cell]})
     return path
+
+
+def model_settings(items: list[str]) -> dict:
+    """`--model-set FAMILY.KEY=VALUE` items as {family: {key: value}} (checked by the recipe's validation)."""
+    from seqsense.errors import ConfigError
+
+    out: dict[str, dict] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        family, dot, name = key.partition(".")
+        if not (eq and dot and family and name):
+            raise ConfigError(f"--model-set {item!r}: expected FAMILY.KEY=VALUE, e.g. rnn.stateful=true.")
+        out.setdefault(family, {})[name] = value
+    return out

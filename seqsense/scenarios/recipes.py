@@ -25,7 +25,8 @@ CELL_KEYS = {"name", "scenario", "knobs", "episodes", "duration_s", "target", "i
 CONTROLS = ("negative", "positive")
 REQUIRED_CELL_KEYS = ("name", "scenario", "episodes", "duration_s")
 # a cell on recorded logs: its episodes are split into train and test (by episode, seeded); no oracle
-DATA_CELL_KEYS = {"name", "logs", "test_logs", "target", "inputs", "test_fraction", "seed", "encoder_target", "experiment"}
+DATA_CELL_KEYS = {"name", "logs", "test_logs", "target", "inputs", "test_fraction", "seed", "encoder_target", "experiment",
+                  "model_settings"}
 REQUIRED_DATA_CELL_KEYS = ("name", "logs", "target", "inputs")
 MIN_DATA_EPISODES = 3  # one to train, one to validate, one to test
 
@@ -123,6 +124,7 @@ def validate_data_cell(raw: dict, default_seed: int = 0, where: str = "cell", ba
                           "Cut long recordings into pieces on import (--episode every=S).")
     if not isinstance(raw.get("experiment", False), bool):
         raise ConfigError(f"{where}: experiment must be true or false, got {raw['experiment']!r}.")
+    settings = validate_model_settings(raw.get("model_settings", {}), where)
     return {
         "name": str(raw["name"]),
         "scenario": None,
@@ -138,6 +140,7 @@ def validate_data_cell(raw: dict, default_seed: int = 0, where: str = "cell", ba
         "encoder_target": encoder_target,
         "control": None,
         "experiment": bool(raw.get("experiment", False)),
+        "model_settings": settings,
         "test_fraction": float(fraction),
         "optimal": None,
     }
@@ -178,6 +181,7 @@ def validate_cell(raw: dict, default_seed: int = 0, where: str = "cell") -> dict
         raise ConfigError(f"{where}: control={control!r}; valid: {', '.join(CONTROLS)} (or leave it out).")
     if not isinstance(raw.get("experiment", False), bool):
         raise ConfigError(f"{where}: experiment must be true or false, got {raw['experiment']!r}.")
+    settings = validate_model_settings(raw.get("model_settings", {}), where)
     return {
         "name": str(raw["name"]),
         "scenario": sc.name,
@@ -192,3 +196,27 @@ def validate_cell(raw: dict, default_seed: int = 0, where: str = "cell") -> dict
         "control": control,
         "experiment": bool(raw.get("experiment", False)),
     }
+
+
+def validate_model_settings(settings, where: str) -> dict:
+    """`{family: {config key: value}}` checked against the registry and each family's config fields.
+
+    These settings go to a family and to its memoryless twin alike (e.g. stateful training of the rnn
+    on a raw IMU, `seqsense.train.STATEFUL_IMU_DEFAULTS`), after the study's own budget."""
+    import dataclasses
+
+    from seqsense.config import apply_overrides
+    from seqsense.models import MODELS
+
+    if not isinstance(settings, dict) or not all(isinstance(v, dict) for v in settings.values()):
+        raise ConfigError(f"{where}: model_settings must map a family to {{setting: value}}, got {settings!r}.")
+    for family, values in settings.items():
+        if family not in MODELS:
+            raise ConfigError(f"{where}: model_settings names {family!r}, which is not a model family; families: {sorted(MODELS)}.")
+        _, config_cls = MODELS[family]
+        fields = {f.name for f in dataclasses.fields(config_cls)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ConfigError(f"{where}: model_settings for {family}: unknown setting(s) {unknown}; {family} takes {sorted(fields)}.")
+        apply_overrides(config_cls(), dict(values), owner=f"{where}: model_settings for {family}")  # types and ranges
+    return {f: dict(v) for f, v in settings.items()}

@@ -188,7 +188,8 @@ class CellRun:
         for label, extra, twin in ((family, {}, False), (family + TWIN, twin_overrides, True)):
             if twin and not twin_overrides:
                 continue  # the family has no memory: it is its own twin
-            model, summary = self.train_or_load(label, family, train_log, {**latest, **extra})
+            settings = self.cell.get("model_settings", {}).get(family, {})  # the cell's own settings: family and twin alike
+            model, summary = self.train_or_load(label, family, train_log, {**latest, **settings, **extra})
             info = {"family": family, "twin": twin, "wrapper": None, "has_memory": bool(model.has_memory),
                     "oracle_system": bool(getattr(model, "uses_metadata", False)), **summary}
             out[label] = (model, info)
@@ -221,12 +222,12 @@ class CellRun:
         if not models:
             raise ConfigError(f"cell {self.cell['name']!r}: no model family applies ({skipped}).")
         self.progress.status("evaluation")
-        data: dict[str, tuple] = {}  # (test, val) datasets per input layout (packed or latest), built once
+        data: dict[str, tuple] = {}  # (test, val) datasets per input layout (clock, packing), built once
         rows, infos, saved = [], {}, {}
         for label, (model, info) in models.items():
-            layout = json.dumps(model.config.packed, sort_keys=True)
+            spec = model.config.window_spec(window=1)
+            layout = json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str)
             if layout not in data:
-                spec = model.config.window_spec(window=1)
                 data[layout] = (WindowDataset(episode_refs([test_log]), spec), WindowDataset(self._val_refs(train_log, model.config), spec))
             test, val = data[layout]
             taus = tune_smoothing(model, val, self.config.smoothing_taus_s)
