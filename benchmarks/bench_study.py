@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-FAMILIES = ("gp", "rnn", "transformer", "kalman", "ekf")
+FAMILIES = ("gp", "rnn", "transformer", "kalman", "ekf", "kalmannet")
 
 
 def _m(cell: dict, label: str, key: str) -> float:
