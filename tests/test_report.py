@@ -257,3 +257,19 @@ def test_report_does_not_mutate_results():
     snapshot = copy.deepcopy(results)
     headline_table(results)
     assert json.dumps(results, sort_keys=True) == json.dumps(snapshot, sort_keys=True)
+
+
+def test_trajectory_holds_a_model_on_its_own_clock_at_the_plot_ticks():
+    """A model on a slower clock (e.g. a stateful rnn at 50 Hz beside 200 Hz filters) is plotted with its
+    latest prediction at each tick, NaN before its first, instead of failing to reshape."""
+    from seqsense.report.trajectory import _on_ticks
+
+    t = np.arange(10) * 0.005  # 200 Hz plot ticks
+    same = {"t_s": t, "mean": np.arange(10.0)}
+    np.testing.assert_array_equal(_on_ticks(same, t)[:, 0], np.arange(10.0))
+    slow = {"t_s": np.array([0.004, 0.024, 0.044]), "mean": np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])}
+    got = _on_ticks(slow, t)
+    assert got.shape == (10, 2) and np.isnan(got[0]).all()
+    np.testing.assert_array_equal(got[1:5], [[1.0, 2.0]] * 4)
+    np.testing.assert_array_equal(got[5:9], [[3.0, 4.0]] * 4)
+    np.testing.assert_array_equal(got[9], [5.0, 6.0])

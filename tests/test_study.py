@@ -310,12 +310,14 @@ def test_study_on_recorded_logs(tmp_path, capsys):
     assert main([*fixed, "--model-set", "rnn.nope=1"]) == 2  # a setting the family does not take
     assert "rnn" in (err := capsys.readouterr().err) and "nope" in err
     assert main([*fixed, "--model-set", "stateful=true"]) == 2 and "FAMILY.KEY=VALUE" in capsys.readouterr().err
-    assert main([*fixed, "--model-set", "rnn.stateful=true", "--model-set", "rnn.tbptt_window=8"]) in (0, 1)
+    # a clock of its own too (7 Hz, not the target's): evaluation, the report and its trajectory plot take it
+    assert main([*fixed, "--model-set", "rnn.stateful=true", "--model-set", "rnn.tbptt_window=8", "--model-set", "rnn.rate_hz=7",
+                 "--model-set", "rnn.window=8"]) in (0, 1)
     from seqsense.models.checkpoint import read_checkpoint_meta
 
     for run in ("rnn", "rnn-twin"):  # the family and its twin get the cell's settings alike
         config = read_checkpoint_meta(tmp_path / "fixed" / "cells" / "recorded" / "seed0" / "runs" / run)["config"]
-        assert config["stateful"] is True and config["tbptt_window"] == 8, run
+        assert config["stateful"] is True and config["tbptt_window"] == 8 and config["rate_hz"] == 7, run
     cell = json.loads((tmp_path / "fixed" / "results.json").read_text())["cells"]["recorded"]
     assert cell["status"] == "done" and cell["episodes"] == {"train": 5, "test": 2}
     test_eps = set(h5py.File(tmp_path / "fixed" / "cells" / "recorded" / "seed0" / "test.h5", "r")["episodes"])

@@ -35,5 +35,16 @@ def trajectory_example(predictions: Path, dataset) -> dict:
         "occluded": marks.get("occluded"),
         "distractor": marks.get("distractor"),
         "cuts_s": cuts,
-        "predictions": {m: np.asarray(ep["mean"], float).reshape(len(t), -1) for m, ep in per_model.items()},
+        "predictions": {m: _on_ticks(ep, t) for m, ep in per_model.items()},
     }
+
+
+def _on_ticks(ep: dict, t: np.ndarray) -> np.ndarray:
+    """A model's predictions (T, D) at the plot's tick times `t` (s): as they are on the same clock, else
+    the latest prediction at or before each tick (NaN before its first), for a model on a clock of its own."""
+    mean = np.asarray(ep["mean"], float).reshape(len(ep["t_s"]), -1)
+    own = np.asarray(ep["t_s"], float)
+    if len(own) == len(t) and np.array_equal(own, t):
+        return mean
+    i = np.searchsorted(own, t, side="right") - 1
+    return np.where((i >= 0)[:, None], mean[np.clip(i, 0, None)], np.nan)
