@@ -50,7 +50,36 @@ def import_trial(src: Path, dest: Path, every_s: float) -> Path:
     return dest
 
 
-def run_study(out: Path, data: list[Path], test: list[Path], name: str, settings: list[str], jobs: int) -> Path:
+LEARNED = ("framewise", "gp", "rnn", "transformer")  # the families a rotation augmentation applies to
+
+
+def imu_model_settings(imu_rate_hz: float, fields: list[str], rotate: bool = False) -> list[str]:
+    """`--model-set` items for a raw 6-D IMU stream `imu` whose `fields` name the axes (acc_*, gyr_*).
+
+    ekf and kalmannet: which slice of `imu` is the gyro and which the accelerometer; kalmannet trains
+    statefully on the IMU's own clock (it steps the EKF on the latest sample), 256-tick windows.
+    rnn: `seqsense.train.stateful_imu_overrides` (a 50 Hz clock with the IMU packed, truncated BPTT
+    over 64-tick windows with the state carried through each episode). With `rotate`, the learned
+    families (and their twins) train on randomly rotated windows (`seqsense.augment`)."""
+    import json
+
+    from seqsense.train import stateful_imu_overrides
+
+    def part(prefix: str) -> str:
+        idx = [i for i, f in enumerate(fields) if f.startswith(prefix)]
+        if len(idx) != 3 or idx != list(range(idx[0], idx[0] + 3)):
+            raise SystemExit(f"bench_imu_real: the imu stream's fields {fields} hold no three consecutive {prefix}* axes.")
+        return f"imu[{idx[0]}:{idx[0] + 3}]"
+
+    streams = [f"{family}.{role}_stream={part(prefix)}" for family in ("ekf", "kalmannet") for role, prefix in (("gyro", "gyr"), ("accel", "acc"))]
+    rnn = stateful_imu_overrides(["imu"], imu_rate_hz)
+    items = [f"rnn.{k}={json.dumps(v) if isinstance(v, dict) else str(v).lower() if isinstance(v, bool) else v}" for k, v in rnn.items()]
+    turned = [f"{family}.rotate_augment={part('acc')},{part('gyr')}" for family in LEARNED] if rotate else []
+    return streams + items + ["kalmannet.stateful=true", "kalmannet.tbptt_window=256", "kalmannet.stateful_batch=8"] + turned
+
+
+def run_study(out: Path, data: list[Path], test: list[Path], name: str, settings: list[str], jobs: int,
+              model_settings: list[str] = ()) -> Path:
     """`seqsense study --data ...` into `out`; the cell's folder."""
     from seqsense.cli import main
 
@@ -59,6 +88,8 @@ def run_study(out: Path, data: list[Path], test: list[Path], name: str, settings
     args += ["--test-data", *map(str, test)] if test else []
     for s in settings:
         args += ["--set", s]
+    for s in model_settings:
+        args += ["--model-set", s]
     rc = main(args)
     if rc not in (0, 1):
         raise SystemExit(f"seqsense study {' '.join(args)} failed (exit {rc})")
@@ -154,6 +185,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "bench_out" / "imu_real")
     p.add_argument("--every", type=float, default=30.0, help="episode length in seconds on import (default 30)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="study settings (seqsense study --set)")
+    p.add_argument("--model-set", action="append", default=[], metavar="FAMILY.KEY=VALUE",
+                   help="a family's setting (seqsense study --model-set), after the raw-IMU defaults (imu_model_settings)")
+    p.add_argument("--no-imu-defaults", action="store_true", help="train every family as the study does by default")
+    p.add_argument("--rotate-augment", action="store_true",
+                   help=f"train {', '.join(LEARNED)} (and twins) on randomly rotated IMU windows (seqsense.augment)")
     p.add_argument("--jobs", type=int, default=0)
     p.add_argument("--no-cross", action="store_true", help="only the by-episode split")
     args = p.parse_args(argv)
@@ -164,18 +200,27 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     logs = [import_trial(t, args.out / "logs" / f"{t.stem}.h5", args.every) for t in trials]
     jobs = args.jobs or 2
-    columns = {"by episode": score_cell(run_study(args.out / "by_episode", logs, [], "broad", args.set, jobs))}
+    from seqsense.log import open_log
+
+    log = open_log(logs[0])
+    imu = log.episodes()[0].stream("imu")
+    imu_rate, fields = imu.rate_hz, list(imu.fields or [])
+    log.close()
+    model_settings = ([] if args.no_imu_defaults else imu_model_settings(imu_rate, fields, args.rotate_augment)) + args.model_set
+    columns = {"by episode": score_cell(run_study(args.out / "by_episode", logs, [], "broad", args.set, jobs, model_settings))}
     if not args.no_cross:
         for a, b in ((logs[1], logs[0]), (logs[0], logs[1])):
             key = f"train {a.stem[:2]} → test {b.stem[:2]}"
-            columns[key] = score_cell(run_study(args.out / f"train_{a.stem[:2]}_test_{b.stem[:2]}", [a], [b], "broad", args.set, jobs))
+            columns[key] = score_cell(run_study(args.out / f"train_{a.stem[:2]}_test_{b.stem[:2]}", [a], [b], "broad", args.set, jobs,
+                                                model_settings))
     md = table(columns)
     print(md)
     (args.out / "bench_imu_real.md").write_text(md)
     from seqsense.fileio import write_json_atomic
 
     write_json_atomic(args.out / "bench_imu_real.json", {"trials": [str(t) for t in trials], "every_s": args.every,
-                                                          "settings": args.set, "columns": columns})
+                                                          "settings": args.set, "model_settings": model_settings,
+                                                          "columns": columns})
     return 0
 
 

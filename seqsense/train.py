@@ -284,6 +284,8 @@ def evaluate_loss(model: SequenceModel, ds: WindowDataset | None, device: torch.
     """
     if ds is None:
         return float("nan")
+    if model.config.stateful and model.has_memory and model.supports_stateful:
+        return _evaluate_loss_stateful(model, ds, device, MAX_VAL_BATCHES * batch_size)
     windows = scored_windows(ds)[: MAX_VAL_BATCHES * batch_size]
     model.eval()
     total, n = 0.0, 0
@@ -297,6 +299,38 @@ def evaluate_loss(model: SequenceModel, ds: WindowDataset | None, device: torch.
         n += valid
     model.train()
     return total / n if n else float("nan")
+
+
+def _evaluate_loss_stateful(model: SequenceModel, ds: WindowDataset, device: torch.device, max_windows: int) -> float:
+    """The loss of a stateful model as it trains and runs: each episode of `ds` read window after window
+    from its start, the state carried through (up to `max_windows` windows in all, whole episodes first).
+
+    Validated on windows that each start from a reset state, a model trained to integrate over seconds
+    would be judged on the first fraction of a second of every window only."""
+    model.eval()
+    total, n, used = 0.0, 0, 0
+    T = ds.spec.window
+    for k, length in enumerate(ds.lengths):
+        state = model.init_state(1)
+        for start in range(0, int(length), T):
+            if used >= max_windows:
+                break
+            used += 1
+            batch = ds.read_windows([(k, start)])
+            check_finite(batch, lambda b: _window_name_at(ds, k, start))
+            valid = int((batch["target_valid"] & ~batch["tick_is_pad"]).sum())
+            batch = {key: v.to(device) for key, v in batch.items()}
+            loss, state = model.loss_stateful(batch, state)
+            if valid:
+                total += float(loss) * valid
+                n += valid
+    model.train()
+    return total / n if n else float("nan")
+
+
+def _window_name_at(ds: WindowDataset, k: int, start: int) -> str:
+    f, e = ds.episodes[int(k)]
+    return f"Log '{f}' episode '{e}', window starting at tick {int(start)}"
 
 
 def _stateful_window_name(ds: WindowDataset, row: tuple[int, int, bool]) -> str:
@@ -432,7 +466,15 @@ class _Run:
         streams = self.train_ds.stream_info()
         self.model_cls.check_streams(self.config, streams)
         torch.manual_seed(self.config.seed)
-        self.model = self.model_cls(self.config, streams, checked_normalization(self.train_ds)).to(dev)
+        normalization = checked_normalization(self.train_ds)
+        self.rotator = None
+        if self.config.rotate_augment:
+            from seqsense.augment import Rotator, isotropic_normalization, parse_slices
+
+            slices = parse_slices(self.config.rotate_augment, self.config.inputs, streams, self.config.target, streams[self.config.target])
+            normalization = isotropic_normalization(normalization, slices)
+            self.rotator = Rotator(slices, self.config.seed)
+        self.model = self.model_cls(self.config, streams, normalization).to(dev)
         if self.model.trains_by_sgd and self.config.steps == 0 and self.config.time_budget_s == 0:
             raise ConfigError(
                 f"Model {family!r} trains by gradient steps, so steps=0 would save an untrained model: use "
@@ -574,6 +616,8 @@ class _Run:
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, cfg)
             batch = {k: v.to(self.dev, non_blocking=True) for k, v in batch.items()}
+            if self.rotator is not None:  # training windows only; validation sees the data as recorded
+                batch = self.rotator(batch, step, batch.get("state_reset") if cfg.stateful else None)
             if cfg.stateful:
                 loss, state = self._stateful_loss(module, batch, state)
             else:

@@ -169,3 +169,32 @@ def test_stateful_training_learns_an_integral_short_windows_cannot(integral_logs
     assert e_twin > 0.6, e_twin
     assert e_stateful < 0.5 * e_twin, (e_stateful, e_twin)
     assert e_stateful < 0.6 * e_short, (e_stateful, e_short)
+
+
+def test_stateful_validation_reads_whole_episodes_with_the_state_carried(integral_logs):
+    """A stateful model is validated as it runs: window after window from each episode's start with its
+    state carried, which is the loss of one forward over the whole episode; not from a reset per window."""
+    from seqsense.train import evaluate_loss
+
+    cfg, spec = _spec(16)
+    cfg = apply_overrides(cfg, {"hidden": 8, "stateful": True})
+    ds = WindowDataset(episode_refs([integral_logs[1]]), spec)
+    torch.manual_seed(0)
+    model = RNNModel(cfg, ds.stream_info(), compute_normalization(ds))
+    got = evaluate_loss(model, ds, torch.device("cpu"), batch_size=8)
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for k, length in enumerate(ds.lengths):
+            whole = {key: torch.as_tensor(v)[None] for key, v in ds.index(k).read(0, int(length)).items()}
+            valid = int(whole["target_valid"].sum())
+            total, n = total + float(model.loss(whole)) * valid, n + valid
+    assert got == pytest.approx(total / n, rel=1e-5)
+    reset_each = evaluate_loss(_as_stateless(model), ds, torch.device("cpu"), 8)
+    assert reset_each != pytest.approx(got, rel=1e-3)  # the windows from reset score something else
+
+
+def _as_stateless(model):
+    """The same weights read window by window from a reset state (the non-stateful validation)."""
+    clone = RNNModel(apply_overrides(model.config, {"stateful": False}), model.streams, model.normalization)
+    clone.load_state_dict(model.state_dict())
+    return clone

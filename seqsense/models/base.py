@@ -114,9 +114,16 @@ class ModelConfig:
     stateful: bool = False  # train by truncated BPTT: the state is carried (detached) from window to window of an episode
     tbptt_window: int = 0  # ticks per stateful training window; 0 = `window`
     stateful_batch: int = 0  # episode streams read side by side in stateful training; 0 = `batch_size`
+    rotate_augment: tuple[str, ...] = ()  # 3-vector input slices turned with the target by random rotations in training (seqsense.augment)
 
     def __post_init__(self):
         self.inputs = tuple(self.inputs)
+        self.rotate_augment = tuple(self.rotate_augment)
+        from seqsense.augment import SLICE
+
+        for spec in self.rotate_augment:
+            if not isinstance(spec, str) or not SLICE.match(spec):
+                raise ConfigError(f"{type(self).__name__}: rotate_augment entries must be 'stream' or 'stream[i:j]', got {spec!r}.")
         for name in ("window", "hidden", "batch_size", "frame_channels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{type(self).__name__}: {name} must be >= 1, got {getattr(self, name)}.")
