@@ -317,9 +317,10 @@ class SequenceModel(nn.Module):
                 )
         kind = streams[config.target].kind
         if kind not in cls.target_kinds:
+            able = sorted(n for n, (c, _) in MODELS.items() if kind in c.target_kinds)
             raise ConfigError(
                 f"Model {cls.family!r} cannot predict {kind} stream {config.target!r}; "
-                f"target kinds it accepts: {', '.join(cls.target_kinds)}."
+                f"target kinds it accepts: {', '.join(cls.target_kinds)}. Families that predict {kind} targets: {', '.join(able) or 'none'}."
             )
 
     def __init__(self, config: ModelConfig, streams: dict[str, StreamInfo], normalization: dict):

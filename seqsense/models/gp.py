@@ -109,13 +109,6 @@ class GPModel(SequenceModel):
 
     target_kinds = ("vector", "scalar")  # continuous targets only
 
-    @classmethod
-    def check_streams(cls, config: GPConfig, streams) -> None:
-        """ConfigError on a label target (the GP is a prior over continuous values), or a stream it cannot read."""
-        if config.target in streams and streams[config.target].kind in ("label", "event"):
-            raise ConfigError(f"gp predicts continuous targets; {config.target!r} is a label stream. Use framewise/rnn/transformer.")
-        super().check_streams(config, streams)
-
     def __init__(self, config: GPConfig, streams, normalization):
         type(self).check_streams(config, streams)
         super().__init__(config, streams, normalization)

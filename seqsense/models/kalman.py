@@ -434,9 +434,7 @@ class KalmanModel(SequenceModel):
 
     @classmethod
     def check_streams(cls, config: KalmanConfig, streams) -> None:
-        """ConfigError on a label target, or (em mode) a raw measurement input that is not a latest-mode vector/scalar stream."""
-        if config.target in streams and streams[config.target].kind in ("label", "event"):
-            raise ConfigError(f"kalman predicts continuous targets; {config.target!r} is a label stream. Use framewise/rnn/transformer.")
+        """ConfigError on a label target (`target_kinds`), or (em mode) a raw measurement input that is not a latest-mode vector/scalar stream."""
         super().check_streams(config, streams)
         if config.dynamics == "em" and config.measurement_stream in config.inputs:
             s, info = config.measurement_stream, streams[config.measurement_stream]
