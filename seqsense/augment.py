@@ -24,30 +24,27 @@ the turned values it is divided by.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import torch
 
+from seqsense.config import STREAM_SLICE, parse_stream_slice
 from seqsense.errors import ConfigError
-
-SLICE = re.compile(r"^(?P<name>[^\[\]]+?)(\[(?P<a>\d+):(?P<b>\d+)\])?$")  # "stream" or "stream[i:j]"
 
 
 def parse_slices(specs, inputs, streams, target: str, target_info) -> list[tuple[str, slice]]:
     """(stream, field slice) of every `rotate_augment` entry; ConfigError naming what does not fit."""
     out = []
     for spec in specs:
-        m = SLICE.match(spec)
-        if m is None or m["name"] not in inputs:
+        name, part = parse_stream_slice(spec) if STREAM_SLICE.match(spec) else (None, None)
+        if name not in inputs:
             raise ConfigError(f"rotate_augment: {spec!r} is not an input stream or 'stream[i:j]' slice; inputs: {list(inputs)}.")
-        info = streams[m["name"]]
+        info = streams[name]
         size = int(np.prod(info.shape) or 1)
-        part = slice(int(m["a"]), int(m["b"])) if m["a"] is not None else slice(0, size)
+        part = part or slice(0, size)
         if info.kind != "vector" or len(info.shape) != 1 or len(range(size)[part]) != 3:
-            raise ConfigError(f"rotate_augment: {spec!r} must name 3 values of a vector stream; {m['name']!r} is a "
+            raise ConfigError(f"rotate_augment: {spec!r} must name 3 values of a vector stream; {name!r} is a "
                               f"{info.kind} stream of shape {tuple(info.shape)}.")
-        out.append((m["name"], part))
+        out.append((name, part))
     if out and (target_info.kind != "vector" or tuple(target_info.shape) != (3,)):
         raise ConfigError(f"rotate_augment turns the target with the inputs, so it must be a 3-D vector in the sensor's frame "
                           f"(e.g. truth/gravity_body); {target!r} is a {target_info.kind} of shape {tuple(target_info.shape)}.")

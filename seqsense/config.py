@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import typing
 from typing import Any, Sequence, TypeVar
 
@@ -17,6 +18,17 @@ from seqsense.errors import ConfigError
 from seqsense.fileio import from_json, to_json
 
 C = TypeVar("C")
+
+
+STREAM_SLICE = re.compile(r"^(?P<name>[^\[\]]+?)(\[(?P<a>\d+):(?P<b>\d+)\])?$")  # "stream" or "stream[i:j]"
+
+
+def parse_stream_slice(spec: str) -> tuple[str, slice | None]:
+    """(stream name, field slice) of a "stream" or "stream[i:j]" setting; the slice is None for a whole stream."""
+    m = STREAM_SLICE.match(spec) if isinstance(spec, str) else None
+    if m is None:
+        raise ConfigError(f"{spec!r} is not a stream name or 'stream[i:j]' slice.")
+    return m["name"], (slice(int(m["a"]), int(m["b"])) if m["a"] is not None else None)
 
 
 def parse_overrides(items: Sequence[str] | None, what: str = "setting") -> dict[str, str]:

@@ -119,10 +119,10 @@ class ModelConfig:
     def __post_init__(self):
         self.inputs = tuple(self.inputs)
         self.rotate_augment = tuple(self.rotate_augment)
-        from seqsense.augment import SLICE
+        from seqsense.config import STREAM_SLICE
 
         for spec in self.rotate_augment:
-            if not isinstance(spec, str) or not SLICE.match(spec):
+            if not isinstance(spec, str) or not STREAM_SLICE.match(spec):
                 raise ConfigError(f"{type(self).__name__}: rotate_augment entries must be 'stream' or 'stream[i:j]', got {spec!r}.")
         for name in ("window", "hidden", "batch_size", "frame_channels"):
             if getattr(self, name) < 1:

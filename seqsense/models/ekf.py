@@ -87,13 +87,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from seqsense.config import STREAM_SLICE, parse_stream_slice
 from seqsense.errors import ConfigError
 from seqsense.models.base import ModelConfig, SequenceModel, register_model
 
@@ -777,7 +777,6 @@ def angle_error_deg(est: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
 
 
 # ---- the model family `ekf` --------------------------------------------------------------------------
-_SLICE = re.compile(r"^(?P<name>[^\[\]]+?)(\[(?P<a>\d+):(?P<b>\d+)\])?$")  # "stream" or "stream[i:j]"
 
 
 @dataclasses.dataclass
@@ -800,7 +799,7 @@ class EKFConfig(ModelConfig):
     def __post_init__(self):
         super().__post_init__()
         for name in ("gyro_stream", "accel_stream"):
-            if not _SLICE.match(getattr(self, name)):
+            if not STREAM_SLICE.match(getattr(self, name)):
                 raise ConfigError(f"EKFConfig: {name} must be a stream name or 'stream[i:j]', got {getattr(self, name)!r}.")
         if self.gyro_hold not in GYRO_HOLDS:
             raise ConfigError(f"EKFConfig: gyro_hold must be one of {GYRO_HOLDS}, got {self.gyro_hold!r}.")
@@ -820,8 +819,7 @@ def imu_inputs(config: EKFConfig, streams) -> dict[str, tuple[str, slice]]:
     out = {}
     for role in ("gyro", "accel"):
         spec = getattr(config, f"{role}_stream")
-        m = _SLICE.match(spec)
-        name = m["name"]
+        name, part = parse_stream_slice(spec)
         if name not in config.inputs or name in config.packed:
             raise ConfigError(
                 f"Model 'ekf' needs a gyro and an accelerometer among its inputs (latest-mode vector streams of 3 values, or "
@@ -830,7 +828,7 @@ def imu_inputs(config: EKFConfig, streams) -> dict[str, tuple[str, slice]]:
             )
         info = streams[name]
         size = int(np.prod(info.shape) or 1)
-        part = slice(int(m["a"]), int(m["b"])) if m["a"] is not None else slice(0, size)
+        part = part or slice(0, size)
         if info.kind != "vector" or len(range(size)[part]) != 3:
             raise ConfigError(
                 f"Model 'ekf' needs 3 {role} values; {role}_stream={spec!r} gives {len(range(size)[part])} of the {info.kind} "
